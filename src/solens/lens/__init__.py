@@ -1,1 +1,25 @@
-"""solens.lens."""
+"""Decompositions of f(I): direct, second-order (factorised) and brute-force references."""
+
+from solens.lens.second_order import (
+    LayerCoeffs,
+    coefficients,
+    directions,
+    effects,
+    norms,
+    project,
+    second_order,
+    token_projections,
+    trace_names,
+)
+
+__all__ = [
+    "LayerCoeffs",
+    "coefficients",
+    "directions",
+    "effects",
+    "norms",
+    "project",
+    "second_order",
+    "token_projections",
+    "trace_names",
+]

@@ -1,0 +1,66 @@
+"""The ``solens`` command line: a thin layer over the Python API.
+
+Each sub-command lives in ``solens.commands.<name>`` and registers itself on ``app``.
+Every ``SolensError`` (and bad parameters) is reported as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="solens",
+    help="Second-order lens for CLIP vision transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMAND_MODULES = ("effects", "export", "synth", "demo", "describe")
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"solens.commands.{name}")
+        except ModuleNotFoundError as e:  # a command whose module is not written yet
+            if e.name == f"solens.commands.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit with code 2."""
+    typer.echo(f"solens: error: {message}", err=True)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    import click
+
+    from solens.errors import SolensError
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except SolensError as e:
+        fail(str(e))
+    except click.exceptions.Abort:
+        fail("aborted")
+    except click.ClickException as e:
+        fail(e.format_message())
+    except KeyboardInterrupt:
+        fail("interrupted")
+    except SystemExit:
+        raise
+    except FileNotFoundError as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

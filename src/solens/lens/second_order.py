@@ -1,0 +1,227 @@
+"""Factorised second-order effects (METHOD §4).
+
+For source block ``l`` with N neurons and the P = (L - l - 1) * H later heads
+(flattened ``p = (l' - l - 1) * H + h``):
+
+- ``s[b, n, p] = sum_t A^{l',h}[b, 0, t] * post[b, t, n] / sigma_1^{l'}[b, t]``
+  (image-dependent coefficients),
+- ``u[n, p] = post_map(ls_1 * W_O^h W_V^h (gamma_1 * C(w_n)))`` (image-independent),
+- ``phi_n(I) = inv_sigma_post(I) * sum_p s[n, p] * u[n, p]``  (exact convention).
+
+The "official" convention of the reference code uses uncentred directions, a
+neuron-independent per-image ``offset`` (equal shares of LN means and all biases) and
+a ``100 / ||f(I)||`` scale: ``phi = 100/||f|| * (inv_sigma_post * s . u_off + offset)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from solens.errors import InputError
+from solens.lens.frozen import check_convention, cls_weights, head_ov, post_map
+from solens.models.model import Model
+from solens.models.trace import Trace
+
+OFFICIAL_SCALE = 100.0
+
+
+def check_layer(model: Model, layer: int) -> None:
+    """Raise ``InputError`` unless ``layer`` has at least one later block."""
+    L = model.info.n_layers
+    if not 0 <= layer <= L - 2:
+        raise InputError(
+            f"layer {layer} out of range: second-order effects need a later block, "
+            f"valid layers are 0..{L - 2} for a {L}-block model"
+        )
+
+
+def trace_names(layers: Sequence[int], n_layers: int | None = None) -> list[str]:
+    """Hook names the trace must record to compute coefficients for ``layers``.
+
+    With ``n_layers`` only the blocks after ``min(layers)`` record attention patterns.
+    """
+    names = [f"blocks.{l}.mlp.hook_post" for l in layers]
+    later = ["*"] if n_layers is None else [str(lp) for lp in range(min(layers) + 1, n_layers)]
+    for lp in later:
+        names += [
+            f"blocks.{lp}.attn.hook_pattern",
+            f"blocks.{lp}.ln1.hook_mean",
+            f"blocks.{lp}.ln1.hook_scale",
+        ]
+    return [*names, "ln_post.hook_mean", "ln_post.hook_scale"]
+
+
+@dataclass
+class LayerCoeffs:
+    """Image-dependent factors of a layer's second-order effects for a batch.
+
+    ``s`` [B, N, P], ``inv_sigma_post`` [B], ``offset`` [B, d] (official convention,
+    before the 100/||f|| scale), ``embedding`` f(I) [B, d].
+    """
+
+    layer: int
+    s: Tensor
+    inv_sigma_post: Tensor
+    offset: Tensor
+    embedding: Tensor
+
+    @property
+    def official_scale(self) -> Tensor:
+        """``100 / ||f(I)||``: [B]."""
+        return OFFICIAL_SCALE / self.embedding.norm(dim=-1)
+
+
+def _mix_weights(trace: Trace, layer: int, n_layers: int) -> Tensor:
+    """``A^{l',h}[b, 0, t] / sigma_1^{l'}[b, t]`` for all later heads: [B, P, T]."""
+    mats = [
+        cls_weights(trace[f"blocks.{lp}.attn.hook_pattern"], trace[f"blocks.{lp}.ln1.hook_scale"])
+        for lp in range(layer + 1, n_layers)
+    ]
+    return torch.cat(mats, dim=1)
+
+
+def _official_offset(model: Model, trace: Trace, layer: int, inv_sigma_post: Tensor) -> Tensor:
+    """Neuron-independent per-image term of the official convention: [B, d]."""
+    w = model.weights
+    L = w.n_layers
+    src = w.blocks[layer]
+    N = src.W_out.shape[0]
+    share = src.ls2_or_one() * src.b_out / N  # c_proj bias share of one neuron [D]
+    total = 0.0
+    post_coef = 0.0
+    for lp in range(layer + 1, L):
+        b = w.blocks[lp]
+        H = b.n_heads
+        K1 = (1 + 2 * lp) * N
+        K2 = (1 + 2 * lp) * (1 + 2 * L) * H * N
+        A = cls_weights(trace[f"blocks.{lp}.attn.hook_pattern"], trace[f"blocks.{lp}.ln1.hook_scale"])
+        a1 = A.sum(-1)  # [B, H]
+        amu = (A * trace[f"blocks.{lp}.ln1.hook_mean"].unsqueeze(1)).sum(-1)  # [B, H]
+        # sum_t A (gamma (share - mu/K1)/sigma + beta/K1): [B, H, D]
+        y = (
+            a1.unsqueeze(-1) * (b.ln1_w * share)
+            - amu.unsqueeze(-1) * b.ln1_w / K1
+            + b.ln1_b / K1
+        )
+        v = torch.einsum("bhD,hDe->bhe", y, b.W_V) + b.b_V / K1  # [B, H, dh]
+        o = torch.einsum("bhe,heD->bD", v, b.W_O) + b.b_O / K1  # H shares of b_O/(K1 H)
+        total = total + o * b.ls1_or_one()
+        post_coef += H / K2
+    mu_post = trace["ln_post.hook_mean"]
+    r = total - mu_post.unsqueeze(-1) * post_coef  # [B, D]
+    return (r * inv_sigma_post.unsqueeze(-1)) @ post_map(w, centred=False) + (
+        post_coef * w.ln_post_b
+    ) @ w.proj
+
+
+def coefficients(
+    model: Model, trace: Trace, layer: int, neurons: Sequence[int] | Tensor | None = None
+) -> LayerCoeffs:
+    """Image-dependent factors of block ``layer``'s second-order effects."""
+    check_layer(model, layer)
+    L = model.info.n_layers
+    post = trace[f"blocks.{layer}.mlp.hook_post"]  # [B, T, N]
+    if neurons is not None:
+        post = post[..., torch.as_tensor(neurons, dtype=torch.long, device=post.device)]
+    mix = _mix_weights(trace, layer, L)  # [B, P, T]
+    s = torch.einsum("bpt,btn->bnp", mix, post)
+    inv_sigma_post = 1.0 / trace["ln_post.hook_scale"]
+    offset = _official_offset(model, trace, layer, inv_sigma_post)
+    return LayerCoeffs(layer, s, inv_sigma_post, offset, trace["hook_embedding"])
+
+
+def directions(
+    model: Model,
+    layer: int,
+    convention: str = "exact",
+    neurons: Sequence[int] | Tensor | None = None,
+) -> Tensor:
+    """Image-independent directions ``u`` [N, P, d] of block ``layer``'s neurons."""
+    check_convention(convention)
+    check_layer(model, layer)
+    w = model.weights
+    src = w.blocks[layer]
+    write = src.W_out * src.ls2_or_one()  # [N, D]
+    if neurons is not None:
+        write = write[torch.as_tensor(neurons, dtype=torch.long, device=write.device)]
+    centred = convention == "exact"
+    out = [
+        torch.einsum("nD,hDd->nhd", write, head_ov(w, lp, centred))
+        for lp in range(layer + 1, w.n_layers)
+    ]
+    return torch.cat(out, dim=1)
+
+
+def effects(coeffs: LayerCoeffs, u: Tensor, convention: str = "exact") -> Tensor:
+    """Materialised effects ``phi`` [B, N, d] from coefficients and directions ``u``."""
+    check_convention(convention)
+    phi = torch.einsum("bnp,npd->bnd", coeffs.s, u) * coeffs.inv_sigma_post[:, None, None]
+    if convention == "official":
+        phi = (phi + coeffs.offset[:, None, :]) * coeffs.official_scale[:, None, None]
+    return phi
+
+
+def norms(coeffs: LayerCoeffs, gram: Tensor) -> Tensor:
+    """``||phi_n(I)||`` (exact) without materialising: ``gram`` = u u^T [N, P, P] -> [B, N]."""
+    q = torch.einsum("bnp,npq,bnq->bn", coeffs.s, gram, coeffs.s)
+    return q.clamp_min(0).sqrt() * coeffs.inv_sigma_post[:, None]
+
+
+def gram(u: Tensor) -> Tensor:
+    """Gram matrices of the directions: [N, P, d] -> [N, P, P]."""
+    return u @ u.transpose(1, 2)
+
+
+def project(coeffs: LayerCoeffs, u: Tensor, vectors: Tensor) -> Tensor:
+    """``<phi_n(I), v_k>`` (exact) for vectors [K, d] without materialising: [B, N, K]."""
+    uv = u @ vectors.T  # [N, P, K]
+    return torch.einsum("bnp,npk->bnk", coeffs.s, uv) * coeffs.inv_sigma_post[:, None, None]
+
+
+def token_projections(
+    model: Model,
+    trace: Trace,
+    layer: int,
+    vectors: Tensor,
+    neurons: Sequence[int] | Tensor | None = None,
+    u: Tensor | None = None,
+) -> Tensor:
+    """Per-token contributions projected on ``vectors`` [K, d]: [B, N, T, K] (exact).
+
+    ``sum_t`` of the result equals ``project(coefficients(...), u, vectors)``.
+    """
+    u = directions(model, layer, "exact", neurons) if u is None else u
+    post = trace[f"blocks.{layer}.mlp.hook_post"]
+    if neurons is not None:
+        post = post[..., torch.as_tensor(neurons, dtype=torch.long, device=post.device)]
+    mix = _mix_weights(trace, layer, model.info.n_layers)  # [B, P, T]
+    uv = u @ vectors.T  # [N, P, K]
+    inv = 1.0 / trace["ln_post.hook_scale"]
+    out = torch.einsum("bpt,btn,npk->bntk", mix, post, uv)
+    return out * inv[:, None, None, None]
+
+
+@torch.no_grad()
+def second_order(
+    model: Model,
+    images: Tensor,
+    layer: int,
+    *,
+    neurons: Sequence[int] | Tensor | None = None,
+    convention: str = "exact",
+) -> Tensor:
+    """Second-order effects of block ``layer``'s neurons on f(I): [B, n_neurons, d].
+
+    ``images`` are preprocessed [B, 3, S, S]. Units: contribution to the unnormalised
+    embedding (exact), or the reference code's ``100/||f||``-scaled arrays (official).
+    """
+    check_convention(convention)
+    check_layer(model, layer)
+    trace = model.trace(images, trace_names([layer], model.info.n_layers))
+    coeffs = coefficients(model, trace, layer, neurons)
+    u = directions(model, layer, convention, neurons)
+    return effects(coeffs, u, convention)
