@@ -98,7 +98,9 @@ def _official_offset(model: Model, trace: Trace, layer: int, inv_sigma_post: Ten
         H = b.n_heads
         K1 = (1 + 2 * lp) * N
         K2 = (1 + 2 * lp) * (1 + 2 * L) * H * N
-        A = cls_weights(trace[f"blocks.{lp}.attn.hook_pattern"], trace[f"blocks.{lp}.ln1.hook_scale"])
+        A = cls_weights(
+            trace[f"blocks.{lp}.attn.hook_pattern"], trace[f"blocks.{lp}.ln1.hook_scale"]
+        )
         a1 = A.sum(-1)  # [B, H]
         amu = (A * trace[f"blocks.{lp}.ln1.hook_mean"].unsqueeze(1)).sum(-1)  # [B, H]
         # sum_t A (gamma (share - mu/K1)/sigma + beta/K1): [B, H, D]

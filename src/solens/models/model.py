@@ -180,7 +180,9 @@ class Model:
     def dtype(self) -> torch.dtype:
         return self.visual.proj.dtype
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Model:
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Model:
         """Move the whole model (in place); returns self."""
         target = self.owner if self.owner is not None else self.visual
         target.to(device=device, dtype=dtype)

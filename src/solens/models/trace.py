@@ -43,9 +43,8 @@ class Trace(dict[str, Tensor]):
         try:
             return super().__getitem__(name)
         except KeyError:
-            raise KeyError(
-                f"{name!r} was not recorded; recorded: {sorted(self)[:8]}{'...' if len(self) > 8 else ''}"
-            ) from None
+            shown = ", ".join(sorted(self)[:8]) + (" ..." if len(self) > 8 else "")
+            raise KeyError(f"{name!r} was not recorded; recorded: {shown}") from None
 
     @property
     def embedding(self) -> Tensor:
