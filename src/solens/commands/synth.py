@@ -1,0 +1,91 @@
+"""``solens synth``: render the synthetic world, train and evaluate solens-tiny."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from solens.errors import InputError
+
+synth_app = typer.Typer(help="The synthetic world and the bundled model solens-tiny.",
+                        no_args_is_help=True)
+
+DEFAULT_CONFIG = Path("configs/solens-tiny.json")
+
+
+@synth_app.command("train")
+def train_cmd(
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Training config (JSON)."),
+    out: Path = typer.Option(Path("runs/solens-tiny-train"), "--out", help="Output folder."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Resume from a checkpoint."),
+    device: str | None = typer.Option(None, "--device", help="Override the config's device."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (and save) early."),
+) -> None:
+    """Train solens-tiny from scratch (fixed seed; reproduces the shipped weights)."""
+    from solens.synth.train import TrainConfig, train
+
+    if not config.is_file():
+        raise InputError(f"--config {config}: no such file")
+    try:
+        cfg = TrainConfig.from_json(config)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise InputError(f"--config {config}: {e}") from None
+    if device is not None:
+        cfg.device = device
+    if max_minutes is not None:
+        cfg.max_minutes = max_minutes
+    weights = train(cfg, out, progress=True, resume=resume)
+    typer.echo(f"weights: {weights}")
+
+
+@synth_app.command("eval")
+def eval_cmd(
+    n: int = typer.Option(2000, "--n", min=20, help="Held-out images per split."),
+    seed: int = typer.Option(12345, "--seed", help="Held-out split seed (never used in training)."),
+    weights: Path | None = typer.Option(None, "--weights", help="Weights other than the shipped."),
+    out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
+) -> None:
+    """Print solens-tiny's accuracy table (zero-shot, conflict, attributes, block ablations)."""
+    from solens.synth.evaluate import evaluate, format_table
+    from solens.synth.train import load_for_eval
+
+    model = load_for_eval(weights)
+    res = evaluate(model, n=n, seed=seed)
+    typer.echo(format_table(res))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+
+
+@synth_app.command("render")
+def render_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder to write PNGs into (sub-folder = label)."),
+    n: int = typer.Option(100, "--n", min=1),
+    split: str = typer.Option("balanced", "--split", help="train, balanced or conflict."),
+    seed: int = typer.Option(0, "--seed"),
+    masks: bool = typer.Option(False, "--masks/--no-masks", help="Also write object masks."),
+) -> None:
+    """Render scenes to an image folder that ``solens effects --images`` can read."""
+    from solens.synth import sample
+
+    try:
+        scenes = sample(n, split=split, seed=seed)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    import numpy as np
+
+    for i, sc in enumerate(scenes):
+        folder = out / sc.label
+        folder.mkdir(parents=True, exist_ok=True)
+        sc.image.save(folder / f"{split}-{seed}-{i:06d}.png")
+        if masks:
+            np.savez_compressed(folder / f"{split}-{seed}-{i:06d}.masks.npz",
+                                **{str(k): v for k, v in sc.masks.items()})
+        (folder / f"{split}-{seed}-{i:06d}.json").write_text(json.dumps(sc.spec))
+    typer.echo(f"wrote {len(scenes)} scenes to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(synth_app, name="synth")
