@@ -1,3 +1,28 @@
 """solens: the second-order lens for CLIP vision transformers."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from solens.models.loading import load_model
+    from solens.models.model import Model, ModelInfo
+
+# public names -> defining module, imported on first use (keeps ``import solens`` light)
+_LAZY = {
+    "load_model": "solens.models.loading",
+    "Model": "solens.models.model",
+    "ModelInfo": "solens.models.model",
+}
+
+__all__ = ["Model", "ModelInfo", "__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'solens' has no attribute {name!r}")

@@ -195,7 +195,8 @@ class Model:
     @torch.no_grad()
     def encode_image(self, images: Tensor) -> Tensor:
         """f(I), unnormalised: [B, 3, S, S] -> [B, d]."""
-        return self.visual(images.to(self.device, self.dtype))
+        out = self.visual(images.to(self.device, self.dtype))
+        return out[0] if isinstance(out, tuple) else out  # towers with output_tokens=True
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> Tensor:
