@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from solens.models.loading import load_model
+    from solens.lens.second_order import second_order
     from solens.models.model import Model, ModelInfo
 
 # public names -> defining module, imported on first use (keeps ``import solens`` light)
@@ -15,9 +16,10 @@ _LAZY = {
     "load_model": "solens.models.loading",
     "Model": "solens.models.model",
     "ModelInfo": "solens.models.model",
+    "second_order": "solens.lens.second_order",
 }
 
-__all__ = ["Model", "ModelInfo", "__version__", "load_model"]
+__all__ = ["Model", "ModelInfo", "__version__", "load_model", "second_order"]
 
 
 def __getattr__(name: str) -> Any:

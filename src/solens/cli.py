@@ -39,21 +39,38 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Usage errors of click and of the click copy that typer >= 0.26 vendors."""
+    import click
+
+    errors: tuple[type[Exception], ...] = (click.ClickException,)
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:  # typer that uses click itself
+        return errors
+    return (*errors, TyperClickException)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     import click
 
+    from solens.commands._args import expand_multi
     from solens.errors import SolensError
 
     _register()
+    argv = expand_multi(sys.argv[1:] if argv is None else list(argv))
     try:
         app(args=argv, standalone_mode=False)
     except SolensError as e:
         fail(str(e))
     except click.exceptions.Abort:
         fail("aborted")
-    except click.ClickException as e:
-        fail(e.format_message())
+    except _click_errors() as e:
+        message = e.format_message()
+        if not message:  # no_args_is_help: the help is already printed
+            raise SystemExit(2) from None
+        fail(message)
     except KeyboardInterrupt:
         fail("interrupted")
     except SystemExit:
