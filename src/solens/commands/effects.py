@@ -1,0 +1,108 @@
+"""``solens effects``: compute (or resume) a run folder of second-order coefficients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from solens.commands._args import int_list
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    from solens.errors import InputError
+
+    if device != "auto":
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InputError(f"--device {device}: CUDA is not available on this machine")
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("effects")
+    def effects_cmd(
+        model: str = typer.Option(
+            ..., "--model", help="open_clip name (ViT-B-32), hf-hub:/local-dir: id or solens-tiny."
+        ),
+        layers: list[str] = typer.Option(
+            ..., "--layers", help="Source blocks, e.g. --layers 8 9 10 (valid: 0..L-2)."
+        ),
+        images: str = typer.Option(
+            ...,
+            "--images",
+            help="Image folder (recursive; sub-folders = labels) or synth:SPLIT:N[:SEED].",
+        ),
+        out: Path = typer.Option(
+            ..., "--out", help="Run folder (created, or resumed if it exists)."
+        ),
+        pretrained: str | None = typer.Option(
+            None, "--pretrained", help="open_clip pretrained tag."
+        ),
+        checkpoint: Path | None = typer.Option(
+            None, "--checkpoint", help="Local weights file for --model's architecture."
+        ),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+        chunk_size: int | None = typer.Option(
+            None,
+            "--chunk-size",
+            min=1,
+            help="Images per stored chunk (default: the existing run's, else ~128 MiB).",
+        ),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto."),
+        workers: int | None = typer.Option(
+            None, "--workers", min=1, help="Image decoding threads."
+        ),
+        quick_gelu: bool | None = typer.Option(
+            None, "--quick-gelu/--no-quick-gelu", help="Override the activation the weights imply."
+        ),
+        progress: bool = typer.Option(
+            True, "--progress/--no-progress", help="Show a progress bar."
+        ),
+    ) -> None:
+        """Trace images through the model and store the second-order coefficients of --layers.
+
+        One traced forward per batch; per layer the run stores the coefficients s
+        (images x neurons x later heads), the exact norms ||phi_n(I)||, the official
+        offsets and the image-independent directions of both conventions. Re-running the
+        same command resumes a killed run. Format: docs/run-format.md.
+        """
+        from solens.models.loading import load_model
+        from solens.store.compute import check_layers, run_effects
+        from solens.store.images import open_images
+
+        layer_list = int_list(layers, "--layers")
+        source = open_images(images)  # missing / empty folder: fails before loading the model
+        dev = resolve_device(device)
+        m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu)
+        check_layers(m, layer_list)
+        run = run_effects(
+            m,
+            source,
+            layer_list,
+            out,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            progress=progress,
+            workers=workers,
+            extra={
+                "command": {
+                    "model": model,
+                    "pretrained": pretrained,
+                    "checkpoint": None if checkpoint is None else str(checkpoint),
+                    "images": images,
+                    "device": dev,
+                }
+            },
+        )
+        t = run.manifest["timings"]
+        typer.echo(
+            f"{run.path}: {run.n_images} images ({len(run.skipped)} skipped), "
+            f"layers {run.layers}, {t.get('images_per_s')} img/s"
+        )

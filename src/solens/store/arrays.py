@@ -1,0 +1,206 @@
+"""Atomic file writes and lazily concatenated views over memory-mapped ``.npy`` shards."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FSYNC = os.environ.get("SOLENS_FSYNC", "1") != "0"
+"""fsync files and folders after writing (durability across power loss; renames alone
+already make every write atomic for a killed process). ``SOLENS_FSYNC=0`` turns it off."""
+
+
+def _fsync_dir(path: Path) -> None:
+    if not FSYNC:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
+    """Write via ``write(fileobj)`` into a temporary file in ``path``'s folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            if FSYNC:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
+    """``np.save`` that never leaves a partial file at ``path``."""
+    arr = np.ascontiguousarray(array)
+    _atomic_write(Path(path), lambda f: np.save(f, arr, allow_pickle=False))
+
+
+def save_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON; never leaves a partial file at ``path``."""
+    text = json.dumps(obj, indent=1, sort_keys=False) + "\n"
+    _atomic_write(Path(path), lambda f: f.write(text), mode="w")
+
+
+def remove_stale_tmp(folder: Path) -> int:
+    """Delete temporary files left by an interrupted atomic write below ``folder``."""
+    n = 0
+    for p in Path(folder).rglob(".*.tmp"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file from its header (nothing mapped)."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:  # version 3 (utf-8 field names): let numpy parse it
+            m = np.load(path, mmap_mode="r", allow_pickle=False)
+            return tuple(m.shape), m.dtype
+    if fortran:
+        raise ValueError(f"{path}: Fortran-ordered shards are not supported")
+    return tuple(shape), np.dtype(dtype)
+
+
+class ChunkedArray:
+    """Read-only array made of ``.npy`` shards concatenated along axis 0 (memory-mapped).
+
+    Indexing with an int, a slice or an integer array along axis 0 reads only the shards
+    it touches; ``np.asarray(view)`` materialises everything. ``chunks()`` yields the
+    memory-mapped shards in order.
+    """
+
+    MAX_OPEN = 64
+    """Shards kept memory-mapped at once (each map holds a file descriptor)."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        *,
+        shape_tail: tuple[int, ...] = (),
+        dtype: np.dtype | str = np.float32,
+    ) -> None:
+        self.files = [Path(f) for f in files]
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        lengths = []
+        tail, dt = tuple(shape_tail), np.dtype(dtype)
+        for f in self.files:
+            shape, dt = npy_header(f)
+            lengths.append(shape[0])
+            tail = shape[1:]
+        self._offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        self.shape: tuple[int, ...] = (int(self._offsets[-1]), *tail)
+        self.dtype = dt
+
+    def _map(self, i: int) -> np.ndarray:
+        m = self._maps.get(i)
+        if m is None:
+            m = np.load(self.files[i], mmap_mode="r", allow_pickle=False)
+            self._maps[i] = m
+            while len(self._maps) > self.MAX_OPEN:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(i)
+        return m
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The shards, memory-mapped, in row order."""
+        for i in range(len(self.files)):
+            yield self._map(i)
+
+    def chunk_bounds(self) -> list[tuple[int, int]]:
+        """Row range [start, stop) of every shard."""
+        o = self._offsets
+        return [(int(o[i]), int(o[i + 1])) for i in range(len(self.files))]
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        if len(rows) == 0:
+            return out
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        shard = np.searchsorted(self._offsets, rows, side="right") - 1
+        for i in np.unique(shard):
+            sel = np.nonzero(shard == i)[0]
+            out[sel] = self._map(int(i))[rows[sel] - self._offsets[i]]
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (len(self) if key < 0 else 0)
+            out = self._rows(np.array([i]))[0]
+        elif isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1 and stop > start:
+                out = self._contiguous(start, stop)
+            else:
+                out = self._rows(np.arange(start, stop, step))
+        else:
+            idx = np.asarray(key)
+            if idx.dtype == bool:
+                idx = np.nonzero(idx)[0]
+            out = self._rows(idx.astype(np.int64) % max(len(self), 1))
+        if not rest:
+            return out
+        return out[rest] if isinstance(key, (int, np.integer)) else out[(slice(None), *rest)]
+
+    def _contiguous(self, start: int, stop: int) -> np.ndarray:
+        parts = []
+        o = self._offsets
+        for i in range(len(self.files)):
+            a, b = max(start, o[i]), min(stop, o[i + 1])
+            if a < b:
+                parts.append(self._map(i)[a - o[i] : b - o[i]])
+        return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:] if len(self) else np.empty(self.shape, dtype=self.dtype)
+        return out.astype(dtype) if dtype is not None else out
+
+    def __repr__(self) -> str:
+        return f"ChunkedArray(shape={self.shape}, dtype={self.dtype}, shards={len(self.files)})"

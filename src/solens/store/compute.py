@@ -1,0 +1,296 @@
+"""``run_effects``: stream a dataset through the traced forward into a run folder.
+
+Per batch: one traced forward for all requested layers, then per layer the coefficients
+``s`` [B, N, P], the official offset [B, d] and the exact norms ``||phi_n(I)||`` [B, N]
+(from ``s`` and the Gram matrices ``u u^T``, never [B, N, d]). Rows accumulate in a
+preallocated chunk buffer that is written (atomically) when the chunk is full, so memory
+does not grow with the number of images. Image-independent directions ``u`` of both
+conventions are stored once per layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from solens.errors import InputError
+from solens.lens.frozen import CONVENTIONS
+from solens.lens.second_order import (
+    check_layer,
+    coefficients,
+    directions,
+    gram,
+    norms,
+    trace_names,
+)
+from solens.models.model import Model
+from solens.store.images import FolderImages, SynthImages, images_record, iter_batches, open_images
+from solens.store.run import FORMAT_VERSION, MANIFEST, ArraySpec, Run, RunWriter, layer_dir, now
+
+CHUNK_TARGET_BYTES = 128 * 2**20
+"""Default chunk: about this many bytes of per-image arrays (all layers)."""
+
+
+def weights_sha256(visual: torch.nn.Module) -> str:
+    """sha256 over the vision tower's state dict (names, shapes, float32 values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(visual.state_dict().items()):
+        a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+        h.update(f"{name}{tuple(a.shape)}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+_LOCATION_KEYS = ("checkpoint", "file", "location")
+
+
+def model_identity(model: Model) -> dict[str, Any]:
+    """``ModelInfo.to_dict()`` without file locations (the weights hash covers contents)."""
+    info = model.info.to_dict()
+    info["extra"] = {k: v for k, v in info.get("extra", {}).items() if k not in _LOCATION_KEYS}
+    return info
+
+
+def default_preprocess(model: Model) -> Callable[[Any], torch.Tensor]:
+    """The model's preprocessing, or open_clip's eval transform at the model's image size."""
+    if model.preprocess is not None:
+        return model.preprocess
+    from open_clip.transform import image_transform
+
+    return image_transform(model.info.image_size, is_train=False)
+
+
+def describe_preprocess(preprocess: Any) -> str:
+    """A stable text form of a transform (memory addresses removed)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(preprocess))
+
+
+def layer_arrays(model: Model, layers: Sequence[int]) -> dict[str, ArraySpec]:
+    """Per-image arrays of a run and their row shapes."""
+    i = model.info
+    d = i.d_embed
+    out = {"embeddings": ArraySpec((d,)), "inv_sigma_post": ArraySpec(())}
+    for l in layers:
+        P = (i.n_layers - l - 1) * i.n_heads
+        ld = layer_dir(l)
+        out[f"{ld}/s"] = ArraySpec((i.d_mlp, P))
+        out[f"{ld}/offset"] = ArraySpec((d,))
+        out[f"{ld}/norms"] = ArraySpec((i.d_mlp,))
+    return out
+
+
+def check_layers(model: Model, layers: Sequence[int]) -> list[int]:
+    """Sorted unique layers, each with a later block (else ``InputError``)."""
+    if not layers:
+        raise InputError("no layers given (--layers)")
+    for l in layers:
+        check_layer(model, int(l))
+    return sorted({int(l) for l in layers})
+
+
+def default_chunk_size(arrays: dict[str, ArraySpec], batch_size: int) -> int:
+    """Rows per chunk: about ``CHUNK_TARGET_BYTES``, a multiple of ``batch_size``."""
+    row = sum(4 * int(np.prod(a.tail, dtype=np.int64)) for a in arrays.values())
+    rows = max(1, CHUNK_TARGET_BYTES // max(row, 1))
+    return max(batch_size, (rows // batch_size) * batch_size)
+
+
+def _existing_chunk_size(out: Path) -> int | None:
+    import json
+
+    try:
+        return int(json.loads((out / MANIFEST).read_text())["chunk_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@torch.no_grad()
+def run_effects(
+    model: Model,
+    images: FolderImages | SynthImages | str | Path,
+    layers: Sequence[int],
+    out: str | Path,
+    *,
+    batch_size: int = 32,
+    chunk_size: int | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+    extra: dict[str, Any] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Run:
+    """Compute (or resume) the run folder ``out`` for ``layers`` over ``images``.
+
+    ``images``: a dataset or a spec for ``open_images``. ``chunk_size`` defaults to the
+    existing run's, else about 128 MiB of rows. ``extra`` is recorded in the manifest
+    (not compared on resume). ``on_chunk(k)`` runs after chunk ``k`` is on disk (tests).
+    Raises ``RunMismatchError`` when ``out`` holds a different run.
+    """
+    t_setup = time.perf_counter()
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be positive, got {batch_size}")
+    layers = check_layers(model, layers)
+    source = open_images(images) if isinstance(images, (str, Path)) else images
+    out = Path(out)
+    arrays = layer_arrays(model, layers)
+    if chunk_size is None:
+        chunk_size = _existing_chunk_size(out) or default_chunk_size(arrays, batch_size)
+    if chunk_size < 1:
+        raise InputError(f"--chunk-size must be positive, got {chunk_size}")
+    preprocess = default_preprocess(model)
+    identity = {
+        "format_version": FORMAT_VERSION,
+        "model": model_identity(model),
+        "weights_sha256": weights_sha256(model.visual),
+        "preprocess": describe_preprocess(preprocess),
+        "layers": layers,
+        "dataset": source.describe(),
+        "chunk_size": int(chunk_size),
+        "arrays": {k: v.to_dict() for k, v in arrays.items()},
+    }
+    header = {
+        "model_files": {k: v for k, v in model.info.extra.items() if k in _LOCATION_KEYS},
+        "conventions": list(CONVENTIONS),
+        "n_neurons": model.info.d_mlp,
+        "heads": {str(l): (model.info.n_layers - l - 1) * model.info.n_heads for l in layers},
+        **(extra or {}),
+    }
+    with RunWriter.open(out, identity, images_record(source), header) as writer:
+        pending = writer.pending()
+        t0 = time.perf_counter()
+        grams = _directions(model, layers, writer, need_grams=bool(pending))
+        t_dirs = time.perf_counter() - t0
+        session = {
+            "started": now(),
+            "finished": None,  # stays None if this invocation is killed
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+            "host": platform.node(),
+            "batch_size": batch_size,
+            "chunks": len(pending),
+            "candidates": sum(len(range(*writer.chunk_range(k))) for k in pending),
+        }
+        writer.update(sessions=[*writer.manifest.get("sessions", []), session])
+        t1 = time.perf_counter()
+        _compute(model, source, layers, writer, pending, grams, arrays, batch_size, preprocess,
+                 progress, workers, on_chunk)  # fmt: skip
+        seconds = time.perf_counter() - t1
+        session.update(
+            finished=now(),
+            seconds=round(seconds, 3),
+            images_per_s=round(session["candidates"] / seconds, 2) if seconds > 0 else None,
+        )
+        chunk_s = sum(c.get("seconds") or 0.0 for c in writer.manifest["chunks"])
+        writer.finish(
+            setup_s=round(t0 - t_setup, 3),
+            directions_s=round(t_dirs, 3),
+            compute_s=round(chunk_s, 3),  # summed over chunks, across resumptions
+            images_per_s=round(writer.n_candidates / chunk_s, 2) if chunk_s > 0 else None,
+        )
+        n_images = writer.manifest["n_images"]
+    if n_images == 0 and writer.n_candidates > 0:
+        raise InputError(
+            f"none of the {writer.n_candidates} images could be decoded "
+            f"(reasons in {out / MANIFEST} 'skipped')"
+        )
+    return Run.open(out)
+
+
+def _directions(
+    model: Model, layers: list[int], writer: RunWriter, need_grams: bool = True
+) -> dict[int, torch.Tensor]:
+    """Store u [N, P, d] of both conventions once per layer; return the exact Gram
+    matrices u u^T [N, P, P] per layer (when ``need_grams``)."""
+    grams = {}
+    for l in layers:
+        for conv in CONVENTIONS:
+            name = f"{layer_dir(l)}/directions-{conv}"
+            if writer.has_static(name) and not (need_grams and conv == "exact"):
+                continue
+            u = directions(model, l, conv)
+            if not writer.has_static(name):
+                writer.write_static(
+                    name,
+                    u.float().cpu().numpy(),
+                    convention=conv,
+                    axes="neuron, (later layer, head) layer-major, embedding",
+                )
+            if conv == "exact":
+                grams[l] = gram(u.float())
+            del u
+    return grams
+
+
+def _compute(
+    model: Model,
+    source: Any,
+    layers: list[int],
+    writer: RunWriter,
+    pending: list[int],
+    grams: dict[int, torch.Tensor],
+    arrays: dict[str, ArraySpec],
+    batch_size: int,
+    preprocess: Any,
+    progress: bool,
+    workers: int | None,
+    on_chunk: Callable[[int], None] | None,
+) -> None:
+    from tqdm.auto import tqdm
+
+    if not pending:
+        return
+    names = trace_names(layers, model.info.n_layers)
+    rows_max = writer.chunk_size
+    buf = {k: np.empty((rows_max, *a.tail), dtype=a.dtype) for k, a in arrays.items()}
+    groups: list[tuple[int, list[int]]] = []
+    for k in pending:
+        idx = list(range(*writer.chunk_range(k)))
+        groups += [(k, idx[i : i + batch_size]) for i in range(0, len(idx), batch_size)]
+    total = sum(len(g) for _, g in groups)
+    bar = tqdm(total=total, unit="img", desc="effects", disable=not progress, dynamic_ncols=True)
+    n_skipped = 0
+    try:
+        batches = iter_batches(source, [g for _, g in groups], preprocess, workers)
+        row, skipped, t_chunk = 0, [], time.perf_counter()
+        for gi, batch in enumerate(batches):
+            k = groups[gi][0]
+            skipped += batch.skipped
+            n_skipped += len(batch.skipped)
+            if batch.pixels is not None:
+                b = len(batch.kept)
+                tr = model.trace(batch.pixels, names)
+                sl = slice(row, row + b)
+                buf["embeddings"][sl] = _np(tr.embedding)
+                for l in layers:
+                    c = coefficients(model, tr, l)
+                    ld = layer_dir(l)
+                    buf[f"{ld}/s"][sl] = _np(c.s)
+                    buf[f"{ld}/offset"][sl] = _np(c.offset)
+                    buf[f"{ld}/norms"][sl] = _np(norms(c, grams[l].to(c.s)))
+                buf["inv_sigma_post"][sl] = _np(c.inv_sigma_post)
+                del tr, c
+                row += b
+            bar.update(len(batch.indices))
+            if n_skipped:
+                bar.set_postfix(skipped=n_skipped, refresh=False)
+            if gi + 1 == len(groups) or groups[gi + 1][0] != k:
+                writer.write_chunk(
+                    k, {n: a[:row] for n, a in buf.items()}, skipped, time.perf_counter() - t_chunk
+                )
+                if on_chunk is not None:
+                    on_chunk(k)
+                row, skipped, t_chunk = 0, [], time.perf_counter()
+    finally:
+        bar.close()
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()

@@ -1,0 +1,264 @@
+"""Image datasets for ``solens effects``: a folder of files, or scenes of the synthetic world.
+
+A dataset is a deterministic list of *candidates* (relative paths or scene ids) with
+optional labels; ``load(i)`` returns an RGB PIL image or raises (the caller skips it).
+``open_images("DIR")`` or ``open_images("synth:SPLIT:N[:SEED[:SIZE]]")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from solens.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class ImageSource(Protocol):
+    """A deterministic, indexable list of images."""
+
+    ids: list[str]  # candidate ids (paths relative to root, or scene ids)
+    labels: list[str | None] | None
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> Image.Image:
+        """Candidate ``index`` as an RGB image; raises if it cannot be decoded."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of the dataset for the manifest: kind, spec/root, n, fingerprint."""
+        ...
+
+
+def _classes(labels: Sequence[str | None] | None) -> list[str]:
+    return sorted({lab for lab in labels if lab is not None}) if labels else []
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode (grayscale, palette, RGBA, CMYK, 16-bit) -> RGB, as ``convert("RGB")``
+    (alpha is dropped, as in open_clip's own transform)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+@dataclass
+class FolderImages:
+    """Every image file below ``root`` (recursive, case-insensitive suffixes), sorted.
+
+    Labels: the top-level sub-folder name of each file (None for files directly in
+    ``root``); no labels at all when no file lies in a sub-folder.
+    """
+
+    root: Path
+    ids: list[str] = field(default_factory=list)
+    labels: list[str | None] | None = None
+
+    @classmethod
+    def scan(cls, root: str | Path) -> FolderImages:
+        root = Path(root)
+        if not root.exists():
+            raise InputError(f"image folder {root} does not exist")
+        if not root.is_dir():
+            raise InputError(f"--images {root} is not a folder")
+        ids: list[str] = []
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a symlink cycle
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for f in filenames:
+                if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."):
+                    ids.append(Path(dirpath, f).relative_to(root).as_posix())
+        if not ids:
+            raise InputError(
+                f"image folder {root} holds no images ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)})"
+            )
+        ids.sort()
+        labels: list[str | None] | None = [i.split("/", 1)[0] if "/" in i else None for i in ids]
+        if all(lab is None for lab in labels):
+            labels = None
+        return cls(root, ids, labels)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> Image.Image:
+        with Image.open(self.root / self.ids[index]) as im:
+            im.load()
+            return to_rgb(im)
+
+    def fingerprint(self) -> str:
+        """sha256 over (relative path, size, mtime_ns) of every candidate."""
+        h = hashlib.sha256()
+        for i in self.ids:
+            st = (self.root / i).stat()
+            h.update(f"{i}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "folder",
+            "root": str(self.root.resolve()),
+            "n": len(self.ids),
+            "fingerprint": self.fingerprint(),
+            "fingerprint_of": "relative paths, sizes, mtimes",
+        }
+
+
+@dataclass
+class SynthImages:
+    """Scenes ``0..n-1`` of ``solens.synth`` ``(split, seed)`` rendered at ``size`` pixels."""
+
+    split: str
+    n: int
+    seed: int = 0
+    size: int = 64
+    ids: list[str] = field(default_factory=list)
+    labels: list[str | None] | None = None
+
+    def __post_init__(self) -> None:
+        from solens.synth.sampling import spec_at
+
+        self.ids = [f"synth:{self.split}:{self.seed}:{i:07d}" for i in range(self.n)]
+        self.labels = [
+            spec_at(i, self.split, self.seed, self.size)["objects"][0]["class"]
+            for i in range(self.n)
+        ]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, index: int) -> Image.Image:
+        from solens.synth.render import render
+        from solens.synth.sampling import spec_at
+
+        return to_rgb(render(spec_at(index, self.split, self.seed, self.size)).image)
+
+    def describe(self) -> dict[str, Any]:
+        from solens.synth.sampling import SPEC_VERSION
+
+        spec = f"synth:{self.split}:{self.n}:{self.seed}:{self.size}"
+        return {
+            "kind": "synth",
+            "spec": spec,
+            "n": self.n,
+            "fingerprint": hashlib.sha256(f"{spec}/v{SPEC_VERSION}".encode()).hexdigest(),
+            "fingerprint_of": "synth spec and scene-spec version",
+        }
+
+
+def parse_synth(spec: str) -> SynthImages:
+    """``synth:SPLIT:N[:SEED[:SIZE]]`` -> ``SynthImages``."""
+    parts = spec.split(":")
+    usage = f"bad synthetic dataset {spec!r}; expected synth:SPLIT:N[:SEED[:SIZE]]"
+    if not 3 <= len(parts) <= 5:
+        raise InputError(usage)
+    try:
+        n = int(parts[2])
+        seed = int(parts[3]) if len(parts) > 3 and parts[3] else 0
+        size = int(parts[4]) if len(parts) > 4 and parts[4] else 64
+    except ValueError:
+        raise InputError(usage) from None
+    try:
+        from solens.synth.sampling import SPLITS
+    except ImportError as e:  # pragma: no cover - synth is part of solens
+        raise InputError(f"synthetic datasets unavailable: {e}") from None
+    if parts[1] not in SPLITS:
+        raise InputError(f"unknown synthetic split {parts[1]!r}; valid: {', '.join(SPLITS)}")
+    if n <= 0 or size <= 0:
+        raise InputError(f"{spec!r}: N and SIZE must be positive")
+    return SynthImages(parts[1], n, seed, size)
+
+
+def open_images(spec: str | Path) -> FolderImages | SynthImages:
+    """A folder path, or ``synth:SPLIT:N[:SEED[:SIZE]]``."""
+    s = str(spec)
+    if s.startswith("synth:"):
+        return parse_synth(s)
+    return FolderImages.scan(s)
+
+
+def images_record(source: FolderImages | SynthImages) -> dict[str, Any]:
+    """What ``RUN/images.json`` stores: root, candidate ids, labels, classes."""
+    root = str(source.root.resolve()) if isinstance(source, FolderImages) else None
+    return {
+        "root": root,
+        "paths": list(source.ids),
+        "labels": None if source.labels is None else list(source.labels),
+        "classes": _classes(source.labels),
+    }
+
+
+@dataclass
+class LoadedBatch:
+    """Decoded, preprocessed candidates ``indices``: tensors for the kept ones."""
+
+    indices: list[int]
+    kept: list[int]
+    pixels: Any  # Tensor [len(kept), 3, S, S] or None when nothing decoded
+    skipped: list[dict[str, Any]]
+
+
+def _decode(
+    source: ImageSource, index: int, preprocess: Callable[[Image.Image], Any]
+) -> tuple[Any, str | None]:
+    try:
+        return preprocess(source.load(index)), None
+    except Exception as e:  # corrupt or unreadable: the run skips it and records why
+        reason = f"{type(e).__name__}: {e}".strip()
+        return None, reason.splitlines()[0][:300] if reason else type(e).__name__
+
+
+def load_batch(
+    source: ImageSource,
+    indices: Sequence[int],
+    preprocess: Callable[[Image.Image], Any],
+    pool: Executor | None = None,
+) -> LoadedBatch:
+    """Decode and preprocess candidates ``indices`` (in parallel with ``pool``)."""
+    import torch
+
+    if pool is None:
+        results = [_decode(source, i, preprocess) for i in indices]
+    else:
+        results = list(pool.map(lambda i: _decode(source, i, preprocess), indices))
+    kept, tensors, skipped = [], [], []
+    for i, (t, reason) in zip(indices, results, strict=True):
+        if reason is None:
+            kept.append(i)
+            tensors.append(t)
+        else:
+            skipped.append({"index": int(i), "path": source.ids[i], "reason": reason})
+    pixels = torch.stack(tensors) if tensors else None
+    return LoadedBatch(list(indices), kept, pixels, skipped)
+
+
+def iter_batches(
+    source: ImageSource,
+    groups: Sequence[Sequence[int]],
+    preprocess: Callable[[Image.Image], Any],
+    workers: int | None = None,
+) -> Iterator[LoadedBatch]:
+    """One ``LoadedBatch`` per group of candidate indices, in order; the next group is
+    decoded (by ``workers`` threads) while the caller computes on the current one."""
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if not groups:
+        return
+    with ThreadPoolExecutor(1) as ahead, ThreadPoolExecutor(max(1, workers)) as pool:
+        nxt: Future = ahead.submit(load_batch, source, groups[0], preprocess, pool)
+        for k in range(len(groups)):
+            cur = nxt.result()
+            if k + 1 < len(groups):
+                nxt = ahead.submit(load_batch, source, groups[k + 1], preprocess, pool)
+            yield cur
