@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from solens.models.loading import load_model
     from solens.lens.second_order import second_order
+    from solens.models.loading import load_model
     from solens.models.model import Model, ModelInfo
 
 # public names -> defining module, imported on first use (keeps ``import solens`` light)
