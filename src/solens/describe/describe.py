@@ -26,6 +26,7 @@ import torch
 
 from solens import __version__
 from solens.errors import InputError, RunMismatchError
+from solens.store.arrays import save_text_atomic
 from solens.store.run import Run, layer_dir
 
 DESCRIPTIONS_DIR = "descriptions"
@@ -80,21 +81,6 @@ def model_for_run(run: Run, device: str | torch.device = "cpu") -> Any:
 def _sig(x: Any, digits: int = 7) -> float:
     """``x`` rounded to ``digits`` significant digits (compact JSON)."""
     return float(f"{float(x):.{digits}g}")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _markdown(doc: dict[str, Any], n_show: int = 8) -> str:
@@ -200,8 +186,8 @@ def describe_layer(
     }
     if write:
         path = descriptions_path(run, pool.name, layer, nonneg)
-        _write_text_atomic(path, json.dumps(doc, separators=(",", ":")) + "\n")
-        _write_text_atomic(path.with_suffix(".md"), _markdown(doc))
+        save_text_atomic(path, json.dumps(doc, separators=(",", ":")) + "\n")
+        save_text_atomic(path.with_suffix(".md"), _markdown(doc))
     return doc
 
 

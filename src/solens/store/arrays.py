@@ -33,12 +33,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
     """Write via ``write(fileobj)`` into a temporary file in ``path``'s folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give files the usual mode
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -50,6 +60,11 @@ def _atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def save_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text``; never leaves a partial file at ``path``."""
+    _atomic_write(Path(path), lambda f: f.write(text), mode="w")
 
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
