@@ -1,0 +1,27 @@
+"""``solens demo``: everything on the bundled model, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo_cmd(
+        out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder."),
+        n: int = typer.Option(1000, "--n", min=50, help="Held-out images per split."),
+        pool: str = typer.Option("words-10k", "--pool", help="Text pool for descriptions."),
+        k: int = typer.Option(50, "--k", min=2, help="Top images per neuron."),
+        terms: int = typer.Option(32, "--terms", min=1, help="OMP terms per neuron."),
+        describe: bool = typer.Option(True, "--describe/--no-describe",
+                                      help="Describe and score neurons."),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Run the whole pipeline on solens-tiny and write summary.json + report.md."""
+        from solens.demo import run_demo, summary_line
+
+        summary = run_demo(out, n=n, pool=pool, k=k, terms=terms, describe=describe,
+                           progress=progress, log=lambda m: typer.echo(m, err=True))
+        typer.echo(summary_line(summary))
