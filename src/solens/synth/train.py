@@ -1,0 +1,598 @@
+"""Training solens-tiny on the synthetic world (LiT-style contrastive, frozen MiniLM text side).
+
+``train(cfg, out)`` is deterministic for a given config (fixed seeds; batch ``k`` of the
+``train`` split is a pure function of ``(data_seed, k)``), logs a JSONL curve and a PNG plot
+into ``out``, checkpoints atomically every ``ckpt_every_s`` seconds and resumes from the last
+checkpoint (``resume=True``).
+
+Captions. The frozen MiniLM is the cost of the text side (~150 sentences/s on 2 CPU cores), so
+two caption sources are mixed per image:
+
+* *facet* captions: short canonical descriptions built from the scene spec from a closed set
+  (~10k strings: "a photo of a {class}", "a {colour} {class}", "a {class} {background phrase}",
+  "a {colour} {pattern} {class} {background phrase}", ...), whose MiniLM embeddings are computed
+  once and cached on disk;
+* *native* captions of the renderer (``solens.synth.captions``: varied templates, synonyms,
+  several objects), encoded on the fly for a fraction ``native_frac`` of each batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from solens.models.tiny import TinyCLIP, TinyConfig, images_to_tensor, save_tiny
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class TrainConfig:
+    model: dict[str, Any] = field(default_factory=dict)  # TinyConfig fields
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-3
+    min_lr_frac: float = 0.02
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+    seed: int = 0  # init + caption choices
+    data_seed: int = 0  # train split seed
+    native_frac: float = 0.0  # fraction of each batch captioned by the renderer's captions
+    class_prompt_frac: float = 0.15  # fraction of facet captions that are "a photo of a {class}"
+    # auxiliary 20-way loss against the class prompts "a photo of a {class}" (through the
+    # learned text projection, same temperature), weight and first step where it applies
+    aux_class_weight: float = 0.0
+    aux_class_start: int = 0
+    eval_seed: int = 999  # held-out balanced split seed for the curve (never trained on)
+    eval_n: int = 512
+    eval_every: int = 100
+    log_every: int = 10
+    ckpt_every_s: float = 180.0
+    threads: int = 2
+    device: str = "auto"
+    max_minutes: float | None = None  # stop (and save) after this wall time
+    # warm restarts after the main schedule: [{"steps": n, "lr": x, "warmup_steps": w}, ...],
+    # each a further cosine cycle (same min_lr_frac) continuing from the previous one
+    restarts: list[dict[str, Any]] = field(default_factory=list)
+    precompute_pool: bool = True  # embed every facet caption up front (off for smoke tests)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        d = json.loads(Path(path).read_text())
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = set(cls.__dataclass_fields__)
+        unknown = set(d) - names - {"name", "comment"}
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def tiny(self) -> TinyConfig:
+        return TinyConfig.from_dict(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------- captions
+
+_ART = {True: "an", False: "a"}
+
+
+def _a(word: str) -> str:
+    return f"{_ART[word[0] in 'aeiou']} {word}"
+
+
+def _concept_word(kind: str, id: str) -> str:
+    from solens.synth.world import concept
+
+    return concept(kind, id).word
+
+
+def _words(kind: str, id: str) -> list[str]:
+    from solens.synth.world import concept
+
+    c = concept(kind, id)
+    return [c.word, *c.synonyms]
+
+
+def facet_caption(spec: dict[str, Any], rng: random.Random, class_prompt_frac: float) -> str:
+    """A short canonical caption of the primary object of ``spec`` (from a closed set,
+    ``facet_pool``). Short facets use synonyms and background phrase variants."""
+    from solens.synth.captions import BACKGROUND_PHRASES
+    from solens.synth.world import plural
+
+    o = spec["objects"][0]
+    cls = _concept_word("class", o["class"])
+    cls_any = cls if rng.random() < 0.7 else rng.choice(_words("class", o["class"]))
+    n_same = sum(1 for x in spec["objects"] if x["class"] == o["class"])
+    col = _concept_word("colour", o["colour"])
+    col_any = col if rng.random() < 0.8 else rng.choice(_words("colour", o["colour"]))
+    pat = _concept_word("pattern", o["pattern"])
+    phrases = BACKGROUND_PHRASES[spec["background"]["name"]]
+    bg = phrases[0]
+    if rng.random() < class_prompt_frac:
+        return f"a photo of {_a(cls)}"
+    r = rng.randrange(8)
+    if r == 0:
+        return f"a photo of {_a(col_any + ' ' + cls_any)}"
+    if r == 1:
+        return f"a photo of {_a(cls_any)} {rng.choice(phrases)}"
+    if r == 2:
+        return f"a photo of {_a(col + ' ' + cls)} {bg}"
+    if r == 3:
+        return f"a photo of {_a(pat + ' ' + cls)}"
+    if r == 4:
+        return f"a photo of {_a(col + ' ' + pat + ' ' + cls)}"
+    if r == 5:
+        return f"a photo of {_a(col + ' ' + pat + ' ' + cls)} {bg}"
+    if r == 6 and n_same > 1:
+        return f"a photo of {['', 'one', 'two', 'three'][n_same]} {plural(cls)}"
+    return f"a photo of {_a(cls_any)}"
+
+
+def facet_pool() -> list[str]:
+    """Every string ``facet_caption`` can return (embedded once, cached on disk)."""
+    from solens.synth.captions import BACKGROUND_PHRASES
+    from solens.synth.world import BACKGROUNDS, CLASSES, COLOURS, PATTERNS, plural
+
+    out: list[str] = []
+    for c in CLASSES:
+        cw = _concept_word("class", c)
+        for w in _words("class", c):
+            out.append(f"a photo of {_a(w)}")
+            for col in COLOURS:
+                out += [f"a photo of {_a(cc + ' ' + w)}" for cc in _words("colour", col)]
+            for b in BACKGROUNDS:
+                out += [f"a photo of {_a(w)} {ph}" for ph in BACKGROUND_PHRASES[b]]
+        out += [f"a photo of {n} {plural(cw)}" for n in ("two", "three")]
+        for p in PATTERNS:
+            out.append(f"a photo of {_a(_concept_word('pattern', p) + ' ' + cw)}")
+        for col in COLOURS:
+            cc = _concept_word("colour", col) + " " + cw
+            for b in BACKGROUNDS:
+                out.append(f"a photo of {_a(cc)} {BACKGROUND_PHRASES[b][0]}")
+            for p in PATTERNS:
+                cpc = _concept_word("colour", col) + " " + _concept_word("pattern", p) + " " + cw
+                out.append(f"a photo of {_a(cpc)}")
+                for b in BACKGROUNDS:
+                    out.append(f"a photo of {_a(cpc)} {BACKGROUND_PHRASES[b][0]}")
+    return list(dict.fromkeys(out))
+
+
+class CaptionCache:
+    """caption -> frozen MiniLM embedding [384], backed by a ``.safetensors`` file."""
+
+    def __init__(self, text, path: Path | None):
+        self.text = text  # MiniLMTextEncoder
+        self.path = path
+        if path is not None and path.exists():
+            from safetensors.torch import load_file
+
+            d = load_file(str(path))
+            keys = json.loads(Path(str(path) + ".keys.json").read_text())
+            for k, v in zip(keys, d["emb"], strict=True):
+                self.text.cache[k] = v.clone()
+
+    def ensure(self, texts: list[str], batch_size: int = 512, progress: bool = False) -> None:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.text.cache]
+        for i in range(0, len(missing), 2048):
+            self.text.sentence_embeddings(missing[i : i + 2048], batch_size=batch_size)
+            if progress:
+                print(
+                    f"  MiniLM: {min(i + 2048, len(missing))}/{len(missing)} captions", flush=True
+                )
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        from safetensors.torch import save_file
+
+        keys = list(self.text.cache)
+        emb = torch.stack([self.text.cache[k] for k in keys]).contiguous()
+        tmp = Path(str(self.path) + ".tmp")
+        save_file({"emb": emb}, str(tmp))
+        Path(str(self.path) + ".keys.json.tmp").write_text(json.dumps(keys))
+        os.replace(Path(str(self.path) + ".keys.json.tmp"), Path(str(self.path) + ".keys.json"))
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def _batch(k: int, cfg: TrainConfig, tiny: TinyConfig) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Training batch ``k``: uint8 images, one caption per image, labels (pure function of k)."""
+    from solens.synth import iter_batches
+
+    b = next(
+        iter_batches(cfg.batch_size, "train", cfg.data_seed, tiny.image_size, start=k, n_batches=1)
+    )
+    rng = random.Random(f"{cfg.seed}/captions/{k}")
+    caps = []
+    for spec, native in zip(b.specs, b.captions, strict=True):
+        if rng.random() < cfg.native_frac:
+            caps.append(native)
+        else:
+            caps.append(facet_caption(spec, rng, cfg.class_prompt_frac))
+    return b.images, caps, b.labels
+
+
+class Prefetcher:
+    """Renders batches ``start, start+1, ...`` in a background thread (bounded queue)."""
+
+    def __init__(self, start: int, stop: int, cfg: TrainConfig, tiny: TinyConfig, depth: int = 3):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+        def run() -> None:
+            for k in range(start, stop):
+                if self._stop.is_set():
+                    return
+                item = (k, *_batch(k, cfg, tiny))
+                while not self._stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def get(self):
+        return self.q.get()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# ------------------------------------------------------------------------------------- loss
+
+
+def clip_loss(
+    img: Tensor, txt: Tensor, logit_scale: Tensor, captions: list[str]
+) -> tuple[Tensor, Tensor]:
+    """Symmetric InfoNCE with duplicate-aware targets (identical captions are all positives).
+    Returns (loss, image->text top-1 accuracy)."""
+    img = F.normalize(img, dim=-1)
+    txt = F.normalize(txt, dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    cid = torch.tensor([ids[c] for c in captions], device=img.device)
+    same = (cid[:, None] == cid[None, :]).float()
+    tgt = same / same.sum(1, keepdim=True)
+    loss = 0.5 * (
+        -(tgt * logits.log_softmax(1)).sum(1).mean()
+        - (tgt * logits.log_softmax(0).t()).sum(1).mean()
+    )
+    acc = same.gather(1, logits.argmax(1, keepdim=True)).mean()
+    return loss, acc
+
+
+def total_steps(cfg: TrainConfig) -> int:
+    return cfg.steps + sum(int(r["steps"]) for r in cfg.restarts)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step >= cfg.steps and cfg.restarts:
+        start = cfg.steps
+        for r in cfg.restarts:
+            n, peak, warm = int(r["steps"]), float(r["lr"]), int(r.get("warmup_steps", 0))
+            if step < start + n or r is cfg.restarts[-1]:
+                i = step - start
+                if i < warm:
+                    return peak * (i + 1) / warm
+                t = (i - warm) / max(1, n - warm)
+                lo = peak * cfg.min_lr_frac
+                return lo + 0.5 * (peak - lo) * (1 + math.cos(math.pi * min(1.0, t)))
+            start += n
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    lo = cfg.lr * cfg.min_lr_frac
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# -------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def quick_zero_shot(model: TinyCLIP, images: Tensor, labels: Tensor, prompts: list[str]) -> float:
+    model.eval()
+    f = model.encode_image(images, normalize=True)
+    t = model.encode_text(prompts, normalize=True)
+    model.train()
+    return float(((f @ t.t()).argmax(1).cpu() == labels).float().mean())
+
+
+def _plot(log_path: Path, png: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # pragma: no cover
+        return
+    rows = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+    tr = [r for r in rows if r.get("kind") == "train"]
+    ev = [r for r in rows if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=0.8)
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("contrastive loss")
+    ax[0].set_title("training loss")
+    ax[1].plot([r["step"] for r in tr], [r["acc"] for r in tr], lw=0.8, label="in-batch i->t acc")
+    if ev:
+        ax[1].plot(
+            [r["step"] for r in ev],
+            [r["zero_shot"] for r in ev],
+            "o-",
+            label="zero-shot top-1 (held-out balanced)",
+        )
+    ax[1].set_xlabel("step")
+    ax[1].set_ylim(0, 1)
+    ax[1].legend(loc="lower right", fontsize=8)
+    ax[1].set_title("accuracy")
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _save_ckpt(path: Path, model: TinyCLIP, opt, step: int, elapsed: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    progress: bool = True,
+    resume: bool = True,
+    caption_cache: str | Path | None = None,
+) -> Path:
+    """Train solens-tiny per ``cfg`` into ``out``; returns the path of the final safetensors.
+
+    Writes ``out/log.jsonl`` (train rows every ``log_every`` steps, eval rows every
+    ``eval_every``), ``out/curve.png``, ``out/checkpoint.pt`` (atomic, every ``ckpt_every_s``)
+    and at the end ``out/solens-tiny.safetensors`` + ``out/solens-tiny.json``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    dev = _device(cfg.device)
+    tiny = cfg.tiny()
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    torch.manual_seed(cfg.seed)
+    model = TinyCLIP(tiny)
+    cache = CaptionCache(
+        model.text, Path(caption_cache) if caption_cache else out / "minilm-cache.safetensors"
+    )
+
+    from solens.synth import CLASSES, iter_batches
+    from solens.synth.world import concept
+
+    prompts = [f"a photo of {_a(concept('class', c).word)}" for c in CLASSES]
+    t0 = time.time()
+    pool = facet_pool() if cfg.precompute_pool else []
+    cache.ensure(pool + prompts, progress=progress)
+    cache.save()
+    if progress:
+        print(
+            f"caption pool: {len(pool)} facet captions embedded in {time.time() - t0:.0f}s",
+            flush=True,
+        )
+
+    ev = next(iter_batches(cfg.eval_n, "balanced", cfg.eval_seed, tiny.image_size, n_batches=1))
+    ev_x = images_to_tensor(ev.images, tiny).to(dev)
+    ev_y = torch.as_tensor(ev.labels)
+    prompt_emb = model.text.sentence_embeddings(prompts).to(dev)
+
+    model.to(dev).train()
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (
+            no_decay
+            if p.ndim < 2 or "positional" in n or "class_embedding" in n or "logit" in n
+            else decay
+        ).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, cfg.beta2),
+        eps=1e-6,
+    )
+    step, elapsed_before = 0, 0.0
+    ckpt = out / "checkpoint.pt"
+    log_path = out / "log.jsonl"
+    if resume and ckpt.exists():
+        st = torch.load(ckpt, map_location=dev, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, elapsed_before = int(st["step"]), float(st["elapsed"])
+        torch.set_rng_state(st["torch_rng"])
+        if log_path.exists():  # drop log rows past the checkpoint
+            rows = [x for x in log_path.read_text().splitlines() if x.strip()]
+            keep = [x for x in rows if json.loads(x)["step"] < step]
+            log_path.write_text("".join(x + "\n" for x in keep))
+        if progress:
+            print(f"resumed at step {step}", flush=True)
+    elif log_path.exists():
+        log_path.unlink()
+
+    start_wall = time.time()
+    last_ckpt = time.time()
+    n_total = total_steps(cfg)
+    pf = Prefetcher(step, n_total, cfg, tiny)
+    logf = log_path.open("a")
+    n_seen, t_rate = 0, time.time()
+    try:
+        while step < n_total:
+            k, imgs, caps, labels = pf.get()
+            assert k == step
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            cache.ensure(caps)
+            x = images_to_tensor(imgs, tiny).to(dev, non_blocking=True)
+            emb = model.text.sentence_embeddings(caps).to(dev)
+            f = model.visual(x)
+            g = model.text(emb)
+            loss, acc = clip_loss(f, g, model.logit_scale, caps)
+            if cfg.aux_class_weight and step >= cfg.aux_class_start:
+                tp = F.normalize(model.text(prompt_emb), dim=-1)
+                cls_logits = (
+                    model.logit_scale.exp().clamp(max=100) * F.normalize(f, dim=-1) @ tp.t()
+                )
+                y = torch.as_tensor(labels, device=dev)
+                loss = loss + cfg.aux_class_weight * F.cross_entropy(cls_logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            n_seen += len(caps)
+            elapsed = elapsed_before + time.time() - start_wall
+            if step % cfg.log_every == 0 or step == n_total:
+                rate = n_seen / max(1e-6, time.time() - t_rate)
+                n_seen, t_rate = 0, time.time()
+                row = {
+                    "kind": "train",
+                    "step": step,
+                    "loss": round(float(loss.detach()), 5),
+                    "acc": round(float(acc), 4),
+                    "lr": lr,
+                    "logit_scale": round(model.logit_scale.exp().item(), 3),
+                    "img_per_s": round(rate, 1),
+                    "elapsed_s": round(elapsed, 1),
+                }
+                logf.write(json.dumps(row) + "\n")
+                logf.flush()
+                if progress:
+                    print(json.dumps(row), flush=True)
+            if step % cfg.eval_every == 0 or step == n_total or step == cfg.steps:
+                zs = quick_zero_shot(model, ev_x, ev_y, prompts)
+                row = {
+                    "kind": "eval",
+                    "step": step,
+                    "zero_shot": round(zs, 4),
+                    "elapsed_s": round(elapsed, 1),
+                }
+                logf.write(json.dumps(row) + "\n")
+                logf.flush()
+                if progress:
+                    print(json.dumps(row), flush=True)
+            stop_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+            at_end = step in (cfg.steps, n_total)
+            if time.time() - last_ckpt > cfg.ckpt_every_s or at_end or stop_time:
+                _save_ckpt(ckpt, model, opt, step, elapsed)
+                cache.save()
+                _plot(log_path, out / "curve.png")
+                last_ckpt = time.time()
+            if stop_time:
+                if progress:
+                    print(f"max_minutes reached at step {step}", flush=True)
+                break
+    finally:
+        pf.close()
+        logf.close()
+
+    elapsed = elapsed_before + time.time() - start_wall
+    weights = out / "solens-tiny.safetensors"
+    meta = {
+        "training": {
+            "config": cfg.to_dict(),
+            "steps_done": step,
+            "images_seen": step * cfg.batch_size,
+            "wall_s": round(elapsed, 1),
+            "device": str(dev),
+            "torch": torch.__version__,
+            "final_zero_shot_quick": quick_zero_shot(model, ev_x, ev_y, prompts),
+        }
+    }
+    model.eval()
+    save_tiny(model, weights, out / "solens-tiny.json", extra=meta)
+    _plot(log_path, out / "curve.png")
+    return weights
+
+
+def ship(
+    run: str | Path,
+    assets: str | Path | None = None,
+    eval_n: int = 2000,
+    eval_seed: int = 12345,
+    weights: str | Path | None = None,
+) -> dict[str, Any]:
+    """Copy a run's weights into the package assets, write reference embeddings, evaluate
+    (``solens.synth.evaluate.evaluate``) and record the numbers in ``solens-tiny.json``."""
+    import shutil
+
+    from solens.models import tiny as T
+    from solens.synth.evaluate import evaluate
+
+    run = Path(run)
+    assets = Path(assets) if assets else T.ASSETS
+    assets.mkdir(parents=True, exist_ok=True)
+    src_w = Path(weights) if weights else run / "solens-tiny.safetensors"
+    src_m = run / "solens-tiny.json"
+    shutil.copyfile(src_w, assets / "solens-tiny.safetensors")
+    meta = json.loads(src_m.read_text())
+    clip = T.load_tiny_clip(assets / "solens-tiny.safetensors", src_m)
+    T.write_reference(clip, assets / "solens-tiny-reference.safetensors")
+    t0 = time.time()
+    res = evaluate(clip, n=eval_n, seed=eval_seed)
+    res["eval_wall_s"] = round(time.time() - t0, 1)
+    meta["eval"] = res
+    meta["files"] = {
+        "weights": "solens-tiny.safetensors",
+        "reference": "solens-tiny-reference.safetensors",
+    }
+    (assets / "solens-tiny.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return res
+
+
+__all__ = ["TrainConfig", "clip_loss", "facet_caption", "facet_pool", "ship", "train"]
