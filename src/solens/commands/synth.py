@@ -48,15 +48,44 @@ def eval_cmd(
     out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Print solens-tiny's accuracy table (zero-shot, conflict, attributes, block ablations)."""
-    from solens.synth.evaluate import evaluate, format_table
-    from solens.synth.train import load_for_eval
+    from solens.models import tiny
+    from solens.synth.evaluate import evaluate
 
-    model = load_for_eval(weights)
-    res = evaluate(model, n=n, seed=seed)
+    if weights is not None and not weights.is_file():
+        raise InputError(f"--weights {weights}: no such file")
+    clip = tiny.load_tiny_clip(weights) if weights is not None else tiny.load_tiny_clip()
+    res = evaluate(clip, n=n, seed=seed)
     typer.echo(format_table(res))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2) + "\n")
+        from solens.store.arrays import save_json_atomic
+
+        save_json_atomic(out, res)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:5.1f}%"
+
+
+def format_table(res: dict) -> str:
+    """The accuracy table of ``solens.synth.evaluate.evaluate``'s result."""
+    rows = [
+        ("zero-shot top-1, balanced", res["zero_shot_balanced"]),
+        ("zero-shot top-1, conflict", res["zero_shot_conflict"]),
+    ]
+    rows += [(k.replace("_", " "), v) for k, v in res.items()
+             if k.startswith(("colour_", "background_")) and isinstance(v, float)]
+    lines = [f"solens-tiny on {res['n']} held-out scenes per split (seed {res['seed']})", ""]
+    lines += [f"  {name:32s} {_pct(v)}" for name, v in rows]
+    so, di = res.get("block_ablation_second_order"), res.get("block_ablation_direct")
+    if isinstance(so, dict) and isinstance(di, dict):
+        lines += ["", "  mean-ablation per block: zero-shot top-1 (second-order | direct)"]
+        base = so.get("baseline")
+        if base is not None:
+            lines.append(f"  {'no ablation':32s} {_pct(base)}")
+        per_so, per_di = so.get("blocks", {}), di.get("blocks", {})
+        for b in sorted(per_so, key=int):
+            lines.append(f"  {'block ' + str(b):32s} {_pct(per_so[b])} | {_pct(per_di[b])}")
+    return "\n".join(lines)
 
 
 @synth_app.command("render")

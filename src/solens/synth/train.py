@@ -336,7 +336,7 @@ def _plot(log_path: Path, png: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=0.8)
     ax[0].set_xlabel("step")
-    ax[0].set_ylabel("contrastive loss")
+    ax[0].set_ylabel("loss (contrastive + aux class CE)")
     ax[0].set_title("training loss")
     ax[1].plot([r["step"] for r in tr], [r["acc"] for r in tr], lw=0.8, label="in-batch i->t acc")
     if ev:
