@@ -15,10 +15,8 @@ pytestmark = pytest.mark.skipif(not tiny.WEIGHTS_PATH.exists(),
 
 def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    with pytest.raises(SystemExit) as e:
-        main(["demo", "--out", str(out), "--n", "120", "--k", "12", "--pool", "world",
-              "--terms", "8", "--no-progress"])
-    assert e.value.code in (0, None)
+    main(["demo", "--out", str(out), "--n", "120", "--k", "12", "--pool", "world",
+          "--terms", "8", "--no-progress"])
     summary = json.loads((out / "summary.json").read_text())
     z = summary["zero_shot"]
     assert set(z) == {"balanced", "conflict"} and all(0 <= v <= 1 for v in z.values())

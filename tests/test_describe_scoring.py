@@ -27,6 +27,7 @@ from solens.describe.scoring import (
     text_similarities,
     world_concepts,
 )
+from solens.errors import InputError
 from solens.synth.world import concept
 
 from .helpers import images, tiny_model
@@ -220,15 +221,12 @@ def test_description_forms_and_chance() -> None:
 def test_score_layer_end_to_end_on_a_small_synth_run(tmp_path) -> None:
     """Tiny random model over 24 rendered scenes: every piece runs and the images re-render
     to the stored embeddings."""
-    from open_clip.transform import image_transform
-
     from solens.describe.pools import make_pool
     from solens.describe.scoring import score_layer, score_run
     from solens.store import run_effects
     from solens.synth.world import concept_words
 
     model = tiny_model(dtype=torch.float32)
-    model.preprocess = image_transform(32, is_train=False)
     run = run_effects(model, "synth:balanced:24:0:32", [1, 2], tmp_path / "run",
                       batch_size=8, progress=False, workers=0)
     pool = make_pool("world", concept_words())
@@ -239,6 +237,13 @@ def test_score_layer_end_to_end_on_a_small_synth_run(tmp_path) -> None:
     assert out["n_neurons"] == model.info.d_mlp and len(out["neurons"]) == model.info.d_mlp
     assert set(out["baselines"]) == {"direct", "dissect", "chance"}
     assert all(len(r["terms"]["direct"]) > 0 for r in out["neurons"])
+    doc = {"layer": 2, "n_terms": 3, "method": "nnomp",
+           "neurons": [{"neuron": n, "terms": [{"text": "sea"}]} for n in range(128)]}
+    given = score_layer(run, 2, doc, model, pool, k=6, pool_embeddings=emb)
+    assert given["settings"]["omp_terms"] == 3 and given["settings"]["nonneg"] is True
+    assert all(r["terms"]["second_order"] == ["sea"] for r in given["neurons"])
+    with pytest.raises(InputError, match="layer 1 given for layer 2"):
+        score_layer(run, 2, {"layer": 1, "neurons": []}, model, pool, k=6, pool_embeddings=emb)
     allr = score_run(run, None, None, model, pool, k=6, pool_embeddings=emb, alpha=0.5,
                      min_enrichment=1.5)
     assert set(allr["layers"]) == {"1", "2"}

@@ -12,9 +12,9 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder."),
         n: int = typer.Option(1000, "--n", min=50, help="Held-out images per split."),
-        pool: str = typer.Option("words-10k", "--pool", help="Text pool for descriptions."),
-        k: int = typer.Option(50, "--k", min=2, help="Top images per neuron."),
-        terms: int = typer.Option(32, "--terms", min=1, help="OMP terms per neuron."),
+        pool: str = typer.Option("world", "--pool", help="Text pool for descriptions."),
+        k: int = typer.Option(100, "--k", min=2, help="Top images per neuron."),
+        terms: int = typer.Option(10, "--terms", min=1, help="OMP terms per neuron."),
         describe: bool = typer.Option(True, "--describe/--no-describe",
                                       help="Describe and score neurons."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),

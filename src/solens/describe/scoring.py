@@ -646,8 +646,8 @@ def score_layer(
     pool_embeddings: np.ndarray | None = None,
     n_top: int = 5,
     n_named: int = 10,
-    omp_terms_n: int = 10,
-    nonneg: bool = False,
+    omp_terms_n: int | None = None,
+    nonneg: bool | None = None,
     order: str = "abs",
     reduce: str = "mean",
     gt_from: str = "second_order",
@@ -657,8 +657,10 @@ def score_layer(
 
     ``descriptions``: the second-order descriptions in any form ``description_terms``
     reads, or ``None`` to describe the rank-1 directions ``r_n`` of the statistics here
-    with the same OMP settings as the direct baseline (``omp_terms_n`` terms, ``nonneg``,
-    ``order``). ``pool``: a ``Pool`` or pool name (embedded with ``model``'s text encoder
+    with the same OMP settings as the direct baseline (``omp_terms_n`` terms, default 10;
+    ``nonneg``; ``order``). Given a ``solens describe`` document, the direct baseline takes
+    its ``n_terms`` and method (omp / nnomp) unless ``omp_terms_n`` / ``nonneg`` are set.
+    ``pool``: a ``Pool`` or pool name (embedded with ``model``'s text encoder
     unless ``pool_embeddings``). ``activations`` [n, N]: the Dissect profile (else traced
     here, ``reduce`` over tokens). ``gt_from="activation"`` takes the top-k images by that
     profile instead of by centred second-order norm (a robustness check). ``test_kw``:
@@ -667,28 +669,36 @@ def score_layer(
     from solens.store.run import Run
 
     run = run if isinstance(run, Run) else Run.open(run)
+    if gt_from not in ("second_order", "activation"):
+        raise ValueError(f"gt_from must be second_order or activation, got {gt_from!r}")
+    given = None
+    if descriptions is not None:
+        meta = descriptions if isinstance(descriptions, Mapping) else {}
+        rid = meta.get("run_id")
+        if rid is not None and rid != run.manifest.get("run_id"):
+            raise InputError(f"descriptions of run {rid} given for run "
+                             f"{run.manifest.get('run_id')}")
+        if isinstance(meta.get("layer"), int) and meta["layer"] != layer:
+            raise InputError(f"descriptions of layer {meta['layer']} given for layer {layer}")
+        given = description_terms(descriptions, layer)
+        if omp_terms_n is None and isinstance(meta.get("n_terms"), int):
+            omp_terms_n = meta["n_terms"]
+        if nonneg is None and meta.get("method") in ("omp", "nnomp"):
+            nonneg = meta["method"] == "nnomp"
+    omp_terms_n = 10 if omp_terms_n is None else omp_terms_n
+    nonneg = bool(nonneg)
     texts, emb, pool_name = _pool(model, pool, pool_embeddings)
     top, st = _top_indices(run, layer, k, stats)
-    specs = run_specs(run)
     concepts = world_concepts()
-    presence = concept_presence(specs, concepts)
+    presence = concept_presence(run_specs(run), concepts)
     check = None
     if activations is None:
         acts, check = activation_profiles(model, run, [layer], reduce=reduce)
         activations = acts[layer]
     if gt_from == "activation":
         top = np.argsort(-np.asarray(activations), axis=0, kind="stable")[:k].T
-    elif gt_from != "second_order":
-        raise ValueError(f"gt_from must be second_order or activation, got {gt_from!r}")
     kw = {"n_terms": omp_terms_n, "nonneg": nonneg, "order": order}
-    if descriptions is None:
-        so = omp_terms(np.asarray(st.r, np.float64), emb, texts, **kw)
-    else:
-        rid = descriptions.get("run_id") if isinstance(descriptions, Mapping) else None
-        if rid is not None and rid != run.manifest.get("run_id"):
-            raise InputError(f"descriptions of run {rid} given for run "
-                             f"{run.manifest.get('run_id')}")
-        so = description_terms(descriptions, layer)
+    so = given if given is not None else omp_terms(np.asarray(st.r, np.float64), emb, texts, **kw)
     direct = omp_terms(direct_directions(model, layer).double().cpu(), emb, texts, **kw)
     sims = text_similarities(np.asarray(run.embeddings[:]), emb)
     dissect = dissect_terms(pearson_scores(activations, sims), texts, max(n_top, n_named))
