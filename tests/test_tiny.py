@@ -78,7 +78,7 @@ def test_preprocess_matches_fast_path():
 
 
 def test_block_ablation_closed_form_matches_brute_force():
-    from solens.synth.evaluate import frozen_forward, second_order_block_effects
+    from solens.synth.evaluate import lens_model, second_order_block_effects
 
     torch.manual_seed(0)
     cfg = tiny.TinyConfig(width=32, layers=3, heads=4, embed_dim=16)
@@ -87,38 +87,41 @@ def test_block_ablation_closed_form_matches_brute_force():
         for p in v.parameters():
             p.add_(0.05 * torch.randn_like(p))
     x = torch.randn(4, 3, 64, 64, dtype=torch.double)
-    tr = frozen_forward(v, x)
-    torch.testing.assert_close(tr["f"], v(x))
+    tr = lens_model(v).trace(x)
+    torch.testing.assert_close(tr.embedding, v(x))
     eff = second_order_block_effects(v, x)
     # brute force for block 0: remove M_0 from every later head's value input (frozen LN
     # sigma and attention), take the change of the CLS attention output, push it through
     # the frozen ln_post and proj.
     D, H = 32, 4
-    fin = tr["final"][:, 0]
+    m0 = tr["blocks.0.hook_mlp_out"] - v.transformer.resblocks[0].mlp.c_proj.bias
+    fin = tr["hook_pooled"]
     sp = torch.sqrt(fin.var(-1, unbiased=False, keepdim=True) + v.ln_post.eps)
     tot = 0
     for lp in (1, 2):
         r = v.transformer.resblocks[lp]
-        full = tr["resid"][lp]
+        full = tr[f"blocks.{lp}.hook_resid_pre"]
         a_in = r.ln_1(full)
         sig = torch.sqrt(full.var(-1, unbiased=False, keepdim=True) + r.ln_1.eps)
+        pattern = tr[f"blocks.{lp}.attn.hook_pattern"]
 
-        def cls_out(resid, r=r, sig=sig, lp=lp):
+        def cls_out(resid, r=r, sig=sig, pattern=pattern):
             mu = resid.mean(-1, keepdim=True)
             z = r.ln_1.weight * (resid - mu) / sig + r.ln_1.bias
             val = z @ r.attn.in_proj_weight[2 * D :].t() + r.attn.in_proj_bias[2 * D :]
             val = val.view(4, -1, H, D // H)
-            mix = torch.einsum("bht,bthe->bhe", tr["attn"][lp][:, :, 0, :], val).reshape(4, D)
+            mix = torch.einsum("bht,bthe->bhe", pattern[:, :, 0, :], val).reshape(4, D)
             return mix @ r.attn.out_proj.weight.t() + r.attn.out_proj.bias
 
         # the per-head formula reproduces the real attention output at CLS
         real = r.attn(a_in, a_in, a_in, need_weights=False)[0][:, 0]
         torch.testing.assert_close(cls_out(full), real)
-        tot = tot + cls_out(full) - cls_out(full - tr["mlp"][0])
+        tot = tot + cls_out(full) - cls_out(full - m0)
     # the mean of the removed component is not subtracted by cls_out's own centring of the
     # difference: centre it explicitly as the frozen ln_post does
     brute = (v.ln_post.weight * (tot - tot.mean(-1, keepdim=True)) / sp) @ v.proj
     torch.testing.assert_close(eff["second"][:, 0], brute)
+    assert float(eff["second"][:, 2].abs().max()) == 0.0  # the last block has no later heads
 
 
 def test_training_smoke(tmp_path):

@@ -154,71 +154,28 @@ def attribute_metrics(model: Any, feats: Tensor, specs: list[dict[str, Any]], ki
 # ----------------------------------------------------------------- second-order block effects
 
 
-@torch.no_grad()
-def frozen_forward(visual: Any, x: Tensor) -> dict[str, Any]:
-    """Forward of an open_clip ``VisionTransformer`` recording what the closed-form ablation
-    needs: per block l the residual stream entering the block ``resid[l]`` [B, T, D], the
-    attention probabilities ``attn[l]`` [B, H, T, T], the MLP output without the c_proj bias
-    ``mlp[l]`` [B, T, D]; the final residual ``final`` [B, T, D] and the embedding ``f`` [B, d]."""
-    h = visual._embeds(x)
-    resid, attn, mlp = [], [], []
-    for r in visual.transformer.resblocks:
-        resid.append(h)
-        a_in = r.ln_1(h)
-        a_out, probs = r.attn(a_in, a_in, a_in, need_weights=True, average_attn_weights=False)
-        attn.append(probs)
-        h = h + r.ls_1(a_out)
-        m = r.mlp(r.ln_2(h))
-        mlp.append(m - r.mlp.c_proj.bias)
-        h = h + r.ls_2(m)
-    pooled, _ = visual._pool(h)
-    f = pooled @ visual.proj
-    return {"resid": resid, "attn": attn, "mlp": mlp, "final": h, "f": f}
+def lens_model(visual: Any) -> Any:
+    """A solens ``Model`` view of a vision tower (for the lens' traced forward)."""
+    from solens.models.model import Model, describe_visual
 
-
-def _ln_frozen(ln: Any, c: Tensor, full: Tensor) -> Tensor:
-    """gamma * C(c) / sigma(full): a frozen LayerNorm applied to one summand ``c`` of ``full``."""
-    sigma = torch.sqrt(full.var(-1, unbiased=False, keepdim=True) + ln.eps)
-    return ln.weight * (c - c.mean(-1, keepdim=True)) / sigma
-
-
-def _ls(mod: Any, width: int, like: Tensor) -> Tensor:
-    g = getattr(mod, "gamma", None)
-    return g if g is not None else torch.ones(width, dtype=like.dtype, device=like.device)
+    return Model(visual, None, None, describe_visual(visual, name="solens-tiny", pretrained=None))
 
 
 @torch.no_grad()
 def second_order_block_effects(visual: Any, x: Tensor) -> dict[str, Tensor]:
-    """Per block l: ``second[l]`` [B, d], the second-order effect of block l's MLP on f(I)
-    (sum over later blocks l' > l and heads h of A^{l',h}[0,t] W_O^h W_V^h LN1_{l'}(M_l[t]),
-    summed over tokens t, through the frozen ln_post and proj; no biases); ``direct[l]``
-    [B, d], the direct effect of block l's MLP output at the CLS token (no bias); and ``f``."""
-    tr = frozen_forward(visual, x)
-    blocks = list(visual.transformer.resblocks)
-    L = len(blocks)
-    final0 = tr["final"][:, 0]
-    ln_post = visual.ln_post
+    """Per block l: ``second`` [B, L, d], the second-order effect of block l's MLP on f(I)
+    (through every later head's frozen OV path, ``solens.experiments.ablation``; zero for the
+    last block); ``direct`` [B, L, d], its MLP output at CLS through the frozen ``ln_post``
+    (no bias); and ``f`` [B, d]."""
+    from solens.experiments.ablation import layer_effects
 
-    def to_embed(c: Tensor) -> Tensor:
-        return _ln_frozen(ln_post, c, final0) @ visual.proj
-
-    second, direct = [], []
-    for l in range(L):
-        M = tr["mlp"][l]  # [B, T, D]
-        B, T, D = M.shape
-        S = torch.zeros(B, D, dtype=M.dtype, device=M.device)
-        for lp in range(l + 1, L):
-            r = blocks[lp]
-            H = r.attn.num_heads
-            z = _ln_frozen(r.ln_1, M, tr["resid"][lp])  # [B, T, D]
-            Wv = r.attn.in_proj_weight[2 * D : 3 * D]  # [D, D] (out, in)
-            v = (z @ Wv.t()).view(B, T, H, D // H)
-            a0 = tr["attn"][lp][:, :, 0, :]  # [B, H, T]
-            mix = torch.einsum("bht,bthe->bhe", a0, v).reshape(B, D)
-            S = S + (mix @ r.attn.out_proj.weight.t()) * _ls(r.ls_1, D, S)
-        second.append(to_embed(S))
-        direct.append(to_embed(M[:, 0] * _ls(blocks[l].ls_2, D, M)))
-    return {"second": torch.stack(second, 1), "direct": torch.stack(direct, 1), "f": tr["f"]}
+    model = lens_model(visual)
+    tr = model.trace(x)
+    L = model.info.n_layers
+    second = layer_effects(model, tr, range(L - 1), "second_order")
+    second = torch.cat([second, torch.zeros_like(second[:, :1])], dim=1)
+    direct = layer_effects(model, tr, range(L), "direct")
+    return {"second": second, "direct": direct, "f": tr.embedding}
 
 
 @torch.no_grad()
@@ -355,8 +312,8 @@ __all__ = [
     "block_ablation_attributes",
     "class_prompts",
     "evaluate",
-    "frozen_forward",
     "image_embeddings",
+    "lens_model",
     "render_split",
     "second_order_block_effects",
     "zero_shot",
