@@ -138,6 +138,7 @@ def _examples(docs: Sequence[dict[str, Any]], n: int = 6) -> list[str]:
     return out
 
 
+@torch.no_grad()
 def run_demo(
     out: Path,
     *,
@@ -169,7 +170,6 @@ def run_demo(
         from solens.models.loading import load_model
 
         model = load_model("solens-tiny")
-    torch.set_grad_enabled(False)
     done()
 
     done = step("zero-shot accuracy")
