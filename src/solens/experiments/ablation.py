@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from solens.lens.direct import push_through_heads
-from solens.lens.frozen import post_map
+from solens.lens.frozen import to_embedding
 from solens.models.model import Model
 from solens.models.trace import Trace
 
@@ -39,7 +39,7 @@ def layer_effects(model: Model, trace: Trace, layers: Sequence[int], kind: str) 
         m = _mlp_summand(model, trace, l)
         if kind == "direct":
             inv = 1.0 / trace["ln_post.hook_scale"]
-            out.append((m[:, 0] @ post_map(model.weights)) * inv[:, None])
+            out.append(to_embedding(model.weights, m[:, 0], inv))
         else:
             out.append(sum(push_through_heads(model, trace, m, lp).sum(1)
                            for lp in range(l + 1, L)))

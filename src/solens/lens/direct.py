@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from solens.lens.frozen import cls_weights, head_ov, post_map
+from solens.lens.frozen import cls_weights, head_ov, post_map, to_embedding
 from solens.models.model import Model
 from solens.models.trace import Trace
 
@@ -23,8 +23,7 @@ def _inv_sigma_post(trace: Trace) -> Tensor:
 
 def _to_embedding(model: Model, trace: Trace, r: Tensor) -> Tensor:
     """CLS-residual summands [B, ..., D] -> contributions to f(I) [B, ..., d]."""
-    inv = _inv_sigma_post(trace).reshape(-1, *([1] * (r.dim() - 1)))
-    return (r @ post_map(model.weights)) * inv
+    return to_embedding(model.weights, r, _inv_sigma_post(trace))
 
 
 def head_outputs(model: Model, trace: Trace, layer: int) -> Tensor:

@@ -7,7 +7,6 @@ channel mean), with ``beta`` a separate component ("exact" convention, METHOD §
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from solens.models.weights import ViTWeights
@@ -60,7 +59,3 @@ def head_ov(w: ViTWeights, layer: int, centred: bool = True) -> Tensor:
 def cls_weights(pattern: Tensor, scale: Tensor) -> Tensor:
     """Frozen CLS-query mixing weights ``A[b, h, 0, t] / sigma_1[b, t]``: [B, H, T]."""
     return pattern[:, :, 0, :] / scale.unsqueeze(1)
-
-
-def ones_like_d(w: ViTWeights) -> Tensor:
-    return torch.ones(w.proj.shape[0], dtype=w.proj.dtype, device=w.proj.device)
