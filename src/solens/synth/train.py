@@ -466,6 +466,13 @@ def train(
     n_total = total_steps(cfg)
     pf = Prefetcher(step, n_total, cfg, tiny)
     logf = log_path.open("a")
+
+    def log(row: dict[str, Any]) -> None:
+        logf.write(json.dumps(row) + "\n")
+        logf.flush()
+        if progress:
+            print(json.dumps(row), flush=True)
+
     n_seen, t_rate = 0, time.time()
     try:
         while step < n_total:
@@ -510,10 +517,7 @@ def train(
                     "img_per_s": round(rate, 1),
                     "elapsed_s": round(elapsed, 1),
                 }
-                logf.write(json.dumps(row) + "\n")
-                logf.flush()
-                if progress:
-                    print(json.dumps(row), flush=True)
+                log(row)
             if step % cfg.eval_every == 0 or step == n_total or step == cfg.steps:
                 zs = quick_zero_shot(model, ev_x, ev_y, prompts)
                 row = {
@@ -522,10 +526,7 @@ def train(
                     "zero_shot": round(zs, 4),
                     "elapsed_s": round(elapsed, 1),
                 }
-                logf.write(json.dumps(row) + "\n")
-                logf.flush()
-                if progress:
-                    print(json.dumps(row), flush=True)
+                log(row)
             stop_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
             at_end = step in (cfg.steps, n_total)
             if time.time() - last_ckpt > cfg.ckpt_every_s or at_end or stop_time:
