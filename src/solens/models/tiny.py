@@ -46,6 +46,7 @@ class TinyConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     init_logit_scale: float = float(np.log(1 / 0.07))
+    patch_dropout: float = 0.0  # training-time only (open_clip PatchDropout; identity in eval)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TinyConfig:
@@ -77,6 +78,7 @@ def build_visual(cfg: TinyConfig) -> nn.Module:
         act_layer=nn.GELU,
         pool_type="tok",
         attentional_pool=False,
+        patch_dropout=cfg.patch_dropout,
     )
 
 

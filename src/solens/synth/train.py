@@ -54,6 +54,9 @@ class TrainConfig:
     data_seed: int = 0  # train split seed
     native_frac: float = 0.0  # fraction of each batch captioned by the renderer's captions
     class_prompt_frac: float = 0.15  # fraction of facet captions that are "a photo of a {class}"
+    # fraction of scenes holding >= 2 classes whose facet caption names two of them
+    # ("a photo of a {class} and a {class}", primary object first)
+    pair_caption_frac: float = 0.0
     # auxiliary 20-way loss against the class prompts "a photo of a {class}" (through the
     # learned text projection, same temperature), weight and first step where it applies
     aux_class_weight: float = 0.0
@@ -69,6 +72,8 @@ class TrainConfig:
     # warm restarts after the main schedule: [{"steps": n, "lr": x, "warmup_steps": w}, ...],
     # each a further cosine cycle (same min_lr_frac) continuing from the previous one
     restarts: list[dict[str, Any]] = field(default_factory=list)
+    # final steps trained with patch dropout switched off ("unmasked tuning", FLIP)
+    unmasked_steps: int = 0
     precompute_pool: bool = True  # embed every facet caption up front (off for smoke tests)
 
     @classmethod
@@ -113,14 +118,25 @@ def _words(kind: str, id: str) -> list[str]:
     return [c.word, *c.synonyms]
 
 
-def facet_caption(spec: dict[str, Any], rng: random.Random, class_prompt_frac: float) -> str:
+def facet_caption(
+    spec: dict[str, Any],
+    rng: random.Random,
+    class_prompt_frac: float,
+    pair_caption_frac: float = 0.0,
+) -> str:
     """A short canonical caption of the primary object of ``spec`` (from a closed set,
-    ``facet_pool``). Short facets use synonyms and background phrase variants."""
+    ``facet_pool``). Short facets use synonyms and background phrase variants. In scenes with
+    two or more classes, a fraction ``pair_caption_frac`` names the primary and another class."""
     from solens.synth.captions import BACKGROUND_PHRASES
     from solens.synth.world import plural
 
     o = spec["objects"][0]
     cls = _concept_word("class", o["class"])
+    others = list(
+        dict.fromkeys(x["class"] for x in spec["objects"][1:] if x["class"] != o["class"])
+    )
+    if others and pair_caption_frac and rng.random() < pair_caption_frac:
+        return f"a photo of {_a(cls)} and {_a(_concept_word('class', rng.choice(others)))}"
     cls_any = cls if rng.random() < 0.7 else rng.choice(_words("class", o["class"]))
     n_same = sum(1 for x in spec["objects"] if x["class"] == o["class"])
     col = _concept_word("colour", o["colour"])
@@ -156,6 +172,9 @@ def facet_pool() -> list[str]:
     out: list[str] = []
     for c in CLASSES:
         cw = _concept_word("class", c)
+        out += [
+            f"a photo of {_a(cw)} and {_a(_concept_word('class', c2))}" for c2 in CLASSES if c2 != c
+        ]
         for w in _words("class", c):
             out.append(f"a photo of {_a(w)}")
             for col in COLOURS:
@@ -230,7 +249,7 @@ def _batch(k: int, cfg: TrainConfig, tiny: TinyConfig) -> tuple[np.ndarray, list
         if rng.random() < cfg.native_frac:
             caps.append(native)
         else:
-            caps.append(facet_caption(spec, rng, cfg.class_prompt_frac))
+            caps.append(facet_caption(spec, rng, cfg.class_prompt_frac, cfg.pair_caption_frac))
     return b.images, caps, b.labels
 
 
@@ -479,6 +498,8 @@ def train(
             k, imgs, caps, labels = pf.get()
             assert k == step
             lr = lr_at(step, cfg)
+            if step >= n_total - cfg.unmasked_steps and hasattr(model.visual.patch_dropout, "prob"):
+                model.visual.patch_dropout.prob = 0.0
             for g in opt.param_groups:
                 g["lr"] = lr
             cache.ensure(caps)
