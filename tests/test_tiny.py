@@ -146,3 +146,55 @@ def test_training_smoke(tmp_path):
     assert (tmp_path / "curve.png").exists()
     clip = tiny.load_tiny_clip(out, tmp_path / "solens-tiny.json")
     assert clip.cfg.layers == 2
+
+
+def test_training_patch_dropout_then_unmasked_steps(tmp_path, monkeypatch):
+    """Patch dropout drops half the patches while training, never at eval, and is switched off
+    for the last ``unmasked_steps``; pair captions keep the loop running."""
+    from open_clip.transformer import PatchDropout
+
+    from solens.synth.train import TrainConfig, train
+
+    seen: list[tuple[bool, int]] = []
+    orig = PatchDropout.forward
+
+    def forward(self, x):
+        y = orig(self, x)
+        seen.append((self.training, y.shape[1]))
+        return y
+
+    monkeypatch.setattr(PatchDropout, "forward", forward)
+    cfg = TrainConfig(
+        model={"width": 32, "layers": 2, "heads": 2, "embed_dim": 32, "patch_dropout": 0.5},
+        steps=6,
+        unmasked_steps=2,
+        batch_size=16,
+        eval_n=32,
+        eval_every=3,
+        log_every=3,
+        warmup_steps=1,
+        precompute_pool=False,
+        class_prompt_frac=1.0,
+        pair_caption_frac=0.5,
+    )
+    train(cfg, tmp_path, progress=False)
+    train_tokens = [n for training, n in seen if training]
+    assert train_tokens == [1 + 32] * 4 + [1 + 64] * 2
+    assert {n for training, n in seen if not training} == {1 + 64}
+
+
+@shipped
+def test_evaluate_small_and_table():
+    from solens.commands.synth import format_table
+    from solens.synth.evaluate import evaluate
+
+    res = evaluate(tiny.load_tiny_clip(), n=40, seed=4321, ablation_n=20)
+    for k in ("zero_shot_balanced", "zero_shot_conflict", "colour_cls", "background_retrieval"):
+        assert 0.0 <= res[k] <= 1.0
+    so = res["block_ablation_second_order"]
+    assert set(so["blocks"]) == set(range(tiny.read_meta()["config"]["layers"]))
+    ma = res["margin_attribution"]
+    direct = [v for k, v in ma.items() if k.startswith("blocks.") or k in ("embed", "ln_post.bias")]
+    assert sum(direct) == pytest.approx(ma["margin"], abs=1e-4)
+    table = format_table(res)
+    assert "zero-shot top-1, balanced" in table and "MLP->head" in table

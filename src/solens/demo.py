@@ -28,13 +28,12 @@ def _scenes_tensor(
     model: Model, split: str, n: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Preprocessed images [n, 3, S, S] and class indices [n] of a synth split."""
-    from solens.synth import sample
-    from solens.synth.world import CLASSES
+    from solens.synth.evaluate import render_split
+    from solens.synth.sampling import to_image
 
-    scenes = sample(n, split=split, seed=seed, size=model.info.image_size)
-    x = torch.stack([model.preprocess(s.image) for s in scenes])
-    y = torch.tensor([CLASSES.index(s.label) for s in scenes])
-    return x, y
+    images, labels, _ = render_split(split, n, seed, model.info.image_size)
+    x = torch.stack([model.preprocess(to_image(a)) for a in images])
+    return x, torch.as_tensor(labels)
 
 
 def class_text(model: Model) -> torch.Tensor:

@@ -85,6 +85,17 @@ def format_table(res: dict) -> str:
         per_so, per_di = so.get("blocks", {}), di.get("blocks", {})
         for b in sorted(per_so, key=int):
             lines.append(f"  {'block ' + str(b):32s} {_pct(per_so[b])} | {_pct(per_di[b])}")
+    ma = res.get("margin_attribution")
+    if isinstance(ma, dict) and ma.get("margin"):
+        m = ma["margin"]
+        lines += ["", f"  share of the zero-shot margin ({m:.3f}) carried by each path, per block:",
+                  f"  {'':10s} {'heads':>8s} {'MLP@CLS':>8s} {'MLP->head':>10s}"]
+        n = sum(1 for k in ma if k.startswith("blocks.") and k.endswith(".attn"))
+        for b in range(n):
+            lines.append(
+                f"  {'block ' + str(b):10s} {_pct(ma[f'blocks.{b}.attn'] / m):>8s} "
+                f"{_pct(ma[f'blocks.{b}.mlp'] / m):>8s} {_pct(ma[f'second_order.{b}'] / m):>10s}"
+            )
     return "\n".join(lines)
 
 

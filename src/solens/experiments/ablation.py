@@ -40,9 +40,11 @@ def layer_effects(model: Model, trace: Trace, layers: Sequence[int], kind: str) 
         if kind == "direct":
             inv = 1.0 / trace["ln_post.hook_scale"]
             out.append(to_embedding(model.weights, m[:, 0], inv))
-        else:
-            out.append(sum(push_through_heads(model, trace, m, lp).sum(1)
-                           for lp in range(l + 1, L)))
+        else:  # the last block has no later heads: zero
+            e = m.new_zeros(m.shape[0], model.weights.proj.shape[-1])
+            for lp in range(l + 1, L):
+                e = e + push_through_heads(model, trace, m, lp).sum(1)
+            out.append(e)
     return torch.stack(out, dim=1)
 
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from solens.experiments.ablation import accuracy
+
 # ------------------------------------------------------------------------------ preparation
 
 
@@ -218,7 +220,7 @@ def block_ablation(
     f = eff["f"]
 
     def acc(ff: Tensor) -> float:
-        return float(((F.normalize(ff, dim=-1) @ t.t()).argmax(1) == labels_t).float().mean())
+        return accuracy(ff, labels_t, t)
 
     base = acc(f)
     out: dict[str, Any] = {"baseline": base, "kind": kind, "blocks": {}, "drop": {}, "rel_norm": {}}
@@ -258,7 +260,7 @@ def block_ablation_attributes(
         truth = torch.tensor([vals.index(_scene_attr(s, attr)) for s in specs])
 
         def acc(ff: Tensor, dirs=dirs, truth=truth) -> float:
-            return float(((F.normalize(ff, dim=-1) @ dirs.t()).argmax(1) == truth).float().mean())
+            return accuracy(ff, truth, dirs)
 
         base = acc(f)
         blocks = {}
@@ -270,6 +272,18 @@ def block_ablation_attributes(
             "drop": {l: base - a for l, a in blocks.items()},
         }
     return out
+
+
+@torch.no_grad()
+def margin_attribution_split(model: Any, images: Any, labels: Any) -> dict[str, float]:
+    """``solens.experiments.attribution.margin_attribution`` of the class prompts' zero-shot
+    margin (which paths carry the class evidence)."""
+    from solens.experiments.attribution import margin_attribution
+
+    x = to_tensor(model, images).to(_device(model))
+    t = model.encode_text(class_prompts()).float()
+    y = torch.as_tensor(np.asarray(labels))
+    return margin_attribution(lens_model(model.visual), x, y, t.to(x.device))
 
 
 # -------------------------------------------------------------------------------- all of it
@@ -299,6 +313,7 @@ def evaluate(
     cache: dict = {}
     res["block_ablation_second_order"] = block_ablation(model, ai, al, ref_imgs, "second", cache)
     res["block_ablation_direct"] = block_ablation(model, ai, al, ref_imgs, "direct", cache)
+    res["margin_attribution"] = margin_attribution_split(model, ai, al)
     ai_specs = specs[:ablation_n]
     res["block_ablation_attributes_second_order"] = block_ablation_attributes(
         model, ai_specs, ai, ref_imgs, "second", cache
@@ -314,6 +329,7 @@ __all__ = [
     "evaluate",
     "image_embeddings",
     "lens_model",
+    "margin_attribution_split",
     "render_split",
     "second_order_block_effects",
     "zero_shot",
