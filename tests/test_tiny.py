@@ -124,20 +124,19 @@ def test_block_ablation_closed_form_matches_brute_force():
     assert float(eff["second"][:, 2].abs().max()) == 0.0  # the last block has no later heads
 
 
-def test_training_smoke(tmp_path):
-    from solens.synth.train import TrainConfig, train
+def _smoke_config(model: dict | None = None, **kw):
+    """A 2-block training config that runs in seconds (20 distinct captions: MiniLM runs once)."""
+    from solens.synth.train import TrainConfig
 
-    cfg = TrainConfig(
-        model={"width": 32, "layers": 2, "heads": 2, "embed_dim": 32},
-        steps=20,
-        batch_size=16,
-        eval_n=32,
-        eval_every=10,
-        log_every=5,
-        warmup_steps=5,
-        precompute_pool=False,
-        class_prompt_frac=1.0,  # 20 distinct captions: MiniLM runs once
-    )
+    base = dict(batch_size=16, eval_n=32, precompute_pool=False, class_prompt_frac=1.0)
+    arch = {"width": 32, "layers": 2, "heads": 2, "embed_dim": 32, **(model or {})}
+    return TrainConfig(model=arch, **{**base, **kw})
+
+
+def test_training_smoke(tmp_path):
+    from solens.synth.train import train
+
+    cfg = _smoke_config(steps=20, eval_every=10, log_every=5, warmup_steps=5)
     out = train(cfg, tmp_path, progress=False)
     assert out.exists()
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -153,7 +152,7 @@ def test_training_patch_dropout_then_unmasked_steps(tmp_path, monkeypatch):
     for the last ``unmasked_steps``; pair captions keep the loop running."""
     from open_clip.transformer import PatchDropout
 
-    from solens.synth.train import TrainConfig, train
+    from solens.synth.train import train
 
     seen: list[tuple[bool, int]] = []
     orig = PatchDropout.forward
@@ -164,18 +163,9 @@ def test_training_patch_dropout_then_unmasked_steps(tmp_path, monkeypatch):
         return y
 
     monkeypatch.setattr(PatchDropout, "forward", forward)
-    cfg = TrainConfig(
-        model={"width": 32, "layers": 2, "heads": 2, "embed_dim": 32, "patch_dropout": 0.5},
-        steps=6,
-        unmasked_steps=2,
-        batch_size=16,
-        eval_n=32,
-        eval_every=3,
-        log_every=3,
-        warmup_steps=1,
-        precompute_pool=False,
-        class_prompt_frac=1.0,
-        pair_caption_frac=0.5,
+    cfg = _smoke_config(
+        {"patch_dropout": 0.5}, steps=6, unmasked_steps=2, eval_every=3, log_every=3,
+        warmup_steps=1, pair_caption_frac=0.5,
     )
     train(cfg, tmp_path, progress=False)
     train_tokens = [n for training, n in seen if training]
