@@ -10,14 +10,7 @@ from sklearn.linear_model import orthogonal_mp
 
 from solens.describe.omp import omp, prepare_dictionary
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops are dominated by thread synchronisation on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def problem(K: int = 400, d: int = 48, B: int = 13, seed: int = 0):

@@ -34,15 +34,11 @@ FIXTURES = HealthCheck.function_scoped_fixture
 
 
 @pytest.fixture(autouse=True)
-def _fast(monkeypatch):
+def _fast(monkeypatch, one_thread):
     """Tiny models on shared cores: one intra-op thread is ~10x faster and deterministic;
     no fsync (renames keep files atomic against process kills; fsync only adds power-loss
     durability)."""
     monkeypatch.setattr(arrays, "FSYNC", False)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- chunked arrays ---------------------------------------------------------------------

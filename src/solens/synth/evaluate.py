@@ -174,8 +174,7 @@ def second_order_block_effects(visual: Any, x: Tensor) -> dict[str, Tensor]:
     model = lens_model(visual)
     tr = model.trace(x)
     L = model.info.n_layers
-    second = layer_effects(model, tr, range(L - 1), "second_order")
-    second = torch.cat([second, torch.zeros_like(second[:, :1])], dim=1)
+    second = layer_effects(model, tr, range(L), "second_order")  # last block: zeros
     direct = layer_effects(model, tr, range(L), "direct")
     return {"second": second, "direct": direct, "f": tr.embedding}
 
