@@ -188,3 +188,116 @@ def test_evaluate_small_and_table():
     assert sum(direct) == pytest.approx(ma["margin"], abs=1e-4)
     table = format_table(res)
     assert "zero-shot top-1, balanced" in table and "MLP->head" in table
+
+
+def _drop_visual():
+    torch.manual_seed(0)
+    v = tiny.build_visual(tiny.TinyConfig(width=32, layers=3, heads=4, embed_dim=16))
+    for p in v.parameters():  # non-trivial weights everywhere
+        torch.nn.init.normal_(p, std=0.2)
+    return v
+
+
+@pytest.mark.parametrize(
+    "probs, cls_probs", [([0.5, 0.0, 0.25], None), ([0.5, 0.0, 0.0], [0.5, 0.3, 0.0])]
+)
+def test_mlp_drop_path_matches_masked_reference(probs, cls_probs):
+    """Each sample's MLP branch of a block is either dropped (zero) or scaled by 1/(1-p), and
+    its CLS-token branch dropped or scaled by 1/(1-q), per block independently; eval mode and
+    ``remove()`` give back the plain tower."""
+    from solens.synth.train import MLPDropPath
+
+    v = _drop_visual()
+    x = torch.randn(32, 3, 64, 64)
+    v.eval()
+    plain = v(x)
+    drop = MLPDropPath(v, probs, cls_probs)
+    torch.testing.assert_close(v(x), plain, rtol=0, atol=0)
+
+    v.train()
+    torch.manual_seed(7)
+    got = v(x)
+    # reference: the same draws in the same order (per block: samples, then kept CLS tokens)
+    torch.manual_seed(7)
+    qs = cls_probs or [0.0] * len(probs)
+    scales = {}
+    for l, (p, q) in enumerate(zip(probs, qs, strict=True)):
+        s = torch.ones(len(x), 65)
+        if p > 0:
+            keep = torch.rand(len(x)) >= p
+            s[~keep] = 0.0
+            s[keep] /= 1 - p
+        if q > 0:
+            kept = s[:, 0] > 0
+            cls = (torch.rand(int(kept.sum())) >= q).float() / (1 - q)
+            s[kept, 0] *= cls
+        scales[l] = s
+    drop.remove()
+
+    hs = [
+        b.mlp.register_forward_hook(lambda _m, _i, out, l=l: out * scales[l][:, :, None])
+        for l, b in enumerate(v.transformer.resblocks)
+    ]
+    ref = v(x)
+    for h in hs:
+        h.remove()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert 0 < int((scales[0][:, 1] > 0).sum()) < len(x)  # the draw dropped some, kept some
+    if cls_probs:
+        assert int((scales[1][:, 0] == 0).sum()) > 0 and bool((scales[1][:, 1:] == 1).all())
+    assert not torch.allclose(got, plain, atol=1e-3)
+    v.eval()
+    torch.testing.assert_close(v(x), plain, rtol=0, atol=0)
+    assert all("forward" not in b.mlp.__dict__ for b in v.transformer.resblocks)
+
+
+def test_mlp_drop_path_gradients_reach_kept_samples_only():
+    from solens.synth.train import MLPDropPath
+
+    v = _drop_visual()
+    MLPDropPath(v, [0.5, 0.5, 0.5])
+    v.train()
+    torch.manual_seed(3)
+    x = torch.randn(8, 3, 64, 64)
+    v(x).sum().backward()
+    assert all(b.mlp.c_fc.weight.grad is not None for b in v.transformer.resblocks)
+
+
+@pytest.mark.parametrize(
+    "probs, cls_probs",
+    [([0.5, 0.5], None), ([0.5, 0.5, 1.0], None), ([-0.1, 0.0, 0.0], None), ([], [0.5, 0.5])],
+)
+def test_mlp_drop_path_rejects_bad_probabilities(probs, cls_probs):
+    from solens.synth.train import MLPDropPath
+
+    with pytest.raises(ValueError, match="mlp_drop"):
+        MLPDropPath(_drop_visual(), probs, cls_probs)
+
+
+def test_training_smoke_with_mlp_drop(tmp_path, monkeypatch):
+    """In the training loop, a dropping block's MLP sees only the kept samples, the others
+    the whole batch; evaluation passes see whole batches, and the hooks are gone after."""
+    from solens.synth import train as T
+
+    installed: list = []
+    orig_init = T.MLPDropPath.__init__
+
+    def init(self, visual, probs, cls_probs=None):
+        orig_init(self, visual, probs, cls_probs)
+        installed.append(visual)
+        for l, b in enumerate(visual.transformer.resblocks):
+            b.mlp.c_fc.register_forward_pre_hook(
+                lambda m, inp, l=l: sizes.append((l, m.training, inp[0].shape[0]))
+            )
+
+    sizes: list[tuple[int, bool, int]] = []
+    monkeypatch.setattr(T.MLPDropPath, "__init__", init)
+    cfg = _smoke_config(steps=4, eval_every=2, log_every=2, warmup_steps=1, mlp_drop=[0.5, 0.0],
+                         cls_mlp_drop=[0.0, 0.5])
+    T.train(cfg, tmp_path, progress=False)
+    train0 = [n for l, tr, n in sizes if tr and l == 0]
+    assert len(train0) == 4 and all(n < 16 for n in train0) and sum(train0) > 0
+    assert all(n == 16 for l, tr, n in sizes if tr and l == 1)
+    assert {n for _l, tr, n in sizes if not tr} == {32}  # eval_n images, nothing dropped
+    (visual,) = installed
+    assert all("forward" not in b.mlp.__dict__ for b in visual.transformer.resblocks)

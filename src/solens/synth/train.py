@@ -74,6 +74,12 @@ class TrainConfig:
     restarts: list[dict[str, Any]] = field(default_factory=list)
     # final steps trained with patch dropout switched off ("unmasked tuning", FLIP)
     unmasked_steps: int = 0
+    # per-block probability of dropping the MLP branch for a training sample (stochastic depth
+    # on MLP sublayers only, ``MLPDropPath``); [] = none. Training only: the model is a plain ViT
+    mlp_drop: list[float] = field(default_factory=list)
+    # per-block probability of dropping, in addition, the MLP branch at the CLS token only (so
+    # that the CLS cannot rely on its own MLPs and gathers evidence through heads); [] = none
+    cls_mlp_drop: list[float] = field(default_factory=list)
     precompute_pool: bool = True  # embed every facet caption up front (off for smoke tests)
 
     @classmethod
@@ -282,6 +288,79 @@ class Prefetcher:
         self._stop.set()
 
 
+# ------------------------------------------------------------------------------ MLP drop path
+
+
+class MLPDropPath:
+    """Stochastic depth on the MLP sublayers of an open_clip ``VisionTransformer``, in training.
+
+    For block l, each sample's MLP branch is dropped with probability ``probs[l]`` (at every
+    token), and in addition its branch at the CLS token alone with probability ``cls_probs[l]``;
+    kept branches are scaled by ``1 / (1 - p)`` (inverted drop path, so eval needs no
+    rescaling). The MLP is evaluated only on the kept samples. Installed as instance-level
+    ``forward`` overrides: parameters and state-dict keys are unchanged, and ``remove()``
+    restores the plain modules. Draws from the global torch RNG (seeded, saved in checkpoints):
+    per dropping block, ``rand(B)`` for the samples, then ``rand(kept)`` for the CLS tokens. In
+    eval mode (``module.training`` false) the MLPs run unchanged.
+    """
+
+    def __init__(
+        self, visual: torch.nn.Module, probs: list[float], cls_probs: list[float] | None = None
+    ):
+        blocks = list(visual.transformer.resblocks)
+        cls_probs = list(cls_probs) if cls_probs else [0.0] * len(blocks)
+        probs = list(probs) if probs else [0.0] * len(blocks)
+        for name, ps in (("mlp_drop", probs), ("cls_mlp_drop", cls_probs)):
+            if len(ps) != len(blocks):
+                raise ValueError(f"{name} has {len(ps)} entries for {len(blocks)} blocks")
+            if any(not 0.0 <= p < 1.0 for p in ps):
+                raise ValueError(f"{name} probabilities must lie in [0, 1): {ps}")
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        self.batch_dim, self.token_dim = (0, 1) if batch_first else (1, 0)
+        self._mlps: list[torch.nn.Module] = []
+        for block, p, q in zip(blocks, probs, cls_probs, strict=True):
+            if p > 0 or q > 0:
+                self._install(block.mlp, float(p), float(q))
+                self._mlps.append(block.mlp)
+
+    def _install(self, mlp: torch.nn.Module, p: float, q: float) -> None:
+        plain = type(mlp).forward.__get__(mlp)
+        bd, td = self.batch_dim, self.token_dim
+
+        def forward(x: Tensor) -> Tensor:  # x [B, T, D] (batch_first) or [T, B, D]
+            if not mlp.training:
+                return plain(x)
+            idx = None
+            if p > 0:
+                idx = (torch.rand(x.shape[bd]) >= p).nonzero().squeeze(1).to(x.device)
+                if idx.numel() == 0:
+                    return x.new_zeros(x.shape)
+                y = plain(x.index_select(bd, idx)) / (1.0 - p)
+            else:
+                y = plain(x)
+            if q > 0:  # scale [b, T, 1] (batch_first): 1 everywhere, CLS kept / (1 - q)
+                b = y.shape[bd]
+                cls = (torch.rand(b) >= q).to(y.dtype).to(y.device) / (1.0 - q)
+                shape = [1, 1, 1]
+                shape[bd], shape[td] = b, y.shape[td]
+                scale = y.new_ones(shape)
+                scale = scale.index_copy(
+                    td, torch.zeros(1, dtype=torch.long, device=y.device),
+                    cls.reshape([b, 1, 1] if bd == 0 else [1, b, 1]),
+                )
+                y = y * scale
+            if idx is None:
+                return y
+            return x.new_zeros(x.shape).index_copy(bd, idx, y)
+
+        mlp.forward = forward  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        for mlp in self._mlps:
+            del mlp.forward
+        self._mlps = []
+
+
 # ------------------------------------------------------------------------------------- loss
 
 
@@ -446,6 +525,11 @@ def train(
     prompt_emb = model.text.sentence_embeddings(prompts).to(dev)
 
     model.to(dev).train()
+    drop = (
+        MLPDropPath(model.visual, cfg.mlp_drop, cfg.cls_mlp_drop)
+        if cfg.mlp_drop or cfg.cls_mlp_drop
+        else None
+    )
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (
@@ -562,6 +646,8 @@ def train(
     finally:
         pf.close()
         logf.close()
+        if drop is not None:
+            drop.remove()
 
     elapsed = elapsed_before + time.time() - start_wall
     weights = out / "solens-tiny.safetensors"
