@@ -251,7 +251,7 @@ def test_mlp_drop_path_matches_masked_reference(probs, cls_probs):
     assert all("forward" not in b.mlp.__dict__ for b in v.transformer.resblocks)
 
 
-def test_mlp_drop_path_gradients_reach_kept_samples_only():
+def test_mlp_drop_path_gradients_reach_every_mlp():
     from solens.synth.train import MLPDropPath
 
     v = _drop_visual()

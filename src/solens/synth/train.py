@@ -339,15 +339,9 @@ class MLPDropPath:
             else:
                 y = plain(x)
             if q > 0:  # scale [b, T, 1] (batch_first): 1 everywhere, CLS kept / (1 - q)
-                b = y.shape[bd]
-                cls = (torch.rand(b) >= q).to(y.dtype).to(y.device) / (1.0 - q)
-                shape = [1, 1, 1]
-                shape[bd], shape[td] = b, y.shape[td]
-                scale = y.new_ones(shape)
-                scale = scale.index_copy(
-                    td, torch.zeros(1, dtype=torch.long, device=y.device),
-                    cls.reshape([b, 1, 1] if bd == 0 else [1, b, 1]),
-                )
+                cls = (torch.rand(y.shape[bd]) >= q).to(y) / (1.0 - q)
+                scale = y.new_ones(*y.shape[:2], 1)
+                scale.select(td, 0).copy_(cls[:, None])
                 y = y * scale
             if idx is None:
                 return y
@@ -525,11 +519,7 @@ def train(
     prompt_emb = model.text.sentence_embeddings(prompts).to(dev)
 
     model.to(dev).train()
-    drop = (
-        MLPDropPath(model.visual, cfg.mlp_drop, cfg.cls_mlp_drop)
-        if cfg.mlp_drop or cfg.cls_mlp_drop
-        else None
-    )
+    drop = MLPDropPath(model.visual, cfg.mlp_drop, cfg.cls_mlp_drop)  # [] and [] = no-op
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (
@@ -646,8 +636,7 @@ def train(
     finally:
         pf.close()
         logf.close()
-        if drop is not None:
-            drop.remove()
+        drop.remove()
 
     elapsed = elapsed_before + time.time() - start_wall
     weights = out / "solens-tiny.safetensors"
