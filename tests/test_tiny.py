@@ -301,3 +301,40 @@ def test_training_smoke_with_mlp_drop(tmp_path, monkeypatch):
     assert {n for _l, tr, n in sizes if not tr} == {32}  # eval_n images, nothing dropped
     (visual,) = installed
     assert all("forward" not in b.mlp.__dict__ for b in visual.transformer.resblocks)
+
+
+def test_caption_cache_concurrent_saves_and_reload(tmp_path):
+    """Two runs sharing one cache file save at will; the file always reloads whole."""
+    import threading
+    from types import SimpleNamespace
+
+    from solens.synth.train import CaptionCache
+
+    path = tmp_path / "minilm.safetensors"
+    texts = [SimpleNamespace(cache={}) for _ in range(2)]
+    caches = [CaptionCache(t, path) for t in texts]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(30):
+                texts[i].cache[f"caption {j}"] = torch.full((4,), float(j))
+                caches[i].save()
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left
+    fresh = SimpleNamespace(cache={})
+    CaptionCache(fresh, path)
+    assert len(fresh.cache) == 30
+    for j in range(30):
+        torch.testing.assert_close(fresh.cache[f"caption {j}"], torch.full((4,), float(j)))
+    mtime = path.stat().st_mtime_ns
+    CaptionCache(fresh, path).save()  # nothing new: no rewrite
+    assert path.stat().st_mtime_ns == mtime

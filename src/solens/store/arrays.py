@@ -67,6 +67,11 @@ def save_text_atomic(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), lambda f: f.write(text), mode="w")
 
 
+def save_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data``; never leaves a partial file at ``path``."""
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
     """``np.save`` that never leaves a partial file at ``path``."""
     arr = np.ascontiguousarray(array)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from solens.models.tiny import TinyCLIP, TinyConfig, images_to_tensor, save_tiny
+from solens.store.arrays import save_bytes_atomic
 
 # ------------------------------------------------------------------------------------ config
 
@@ -208,13 +209,17 @@ class CaptionCache:
     def __init__(self, text, path: Path | None):
         self.text = text  # MiniLMTextEncoder
         self.path = path
+        self._saved = -1  # entries known to be on disk (-1: no file yet)
         if path is not None and path.exists():
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            d = load_file(str(path))
-            keys = json.loads(Path(str(path) + ".keys.json").read_text())
-            for k, v in zip(keys, d["emb"], strict=True):
+            with safe_open(str(path), framework="pt") as f:
+                meta, emb = f.metadata() or {}, f.get_tensor("emb")
+            # captions live in the file's metadata; older caches kept them in a side file
+            keys = json.loads(meta.get("keys") or Path(str(path) + ".keys.json").read_text())
+            for k, v in zip(keys, emb, strict=True):
                 self.text.cache[k] = v.clone()
+            self._saved = len(self.text.cache)
 
     def ensure(self, texts: list[str], batch_size: int = 512, progress: bool = False) -> None:
         missing = [t for t in dict.fromkeys(texts) if t not in self.text.cache]
@@ -226,17 +231,15 @@ class CaptionCache:
                 )
 
     def save(self) -> None:
-        if self.path is None:
+        """Write if grown: one atomic file, captions in its metadata (runs may share it)."""
+        if self.path is None or len(self.text.cache) == self._saved:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save as to_bytes
 
         keys = list(self.text.cache)
         emb = torch.stack([self.text.cache[k] for k in keys]).contiguous()
-        tmp = Path(str(self.path) + ".tmp")
-        save_file({"emb": emb}, str(tmp))
-        Path(str(self.path) + ".keys.json.tmp").write_text(json.dumps(keys))
-        os.replace(Path(str(self.path) + ".keys.json.tmp"), Path(str(self.path) + ".keys.json"))
-        os.replace(tmp, self.path)
+        save_bytes_atomic(self.path, to_bytes({"emb": emb}, metadata={"keys": json.dumps(keys)}))
+        self._saved = len(keys)
 
 
 # --------------------------------------------------------------------------------------- data
