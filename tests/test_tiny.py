@@ -147,6 +147,28 @@ def test_training_smoke(tmp_path):
     assert clip.cfg.layers == 2
 
 
+def test_ship_writes_loadable_assets_with_reference_and_eval(tmp_path):
+    from safetensors.torch import load_file
+
+    from solens.synth.train import ship, train
+
+    run = tmp_path / "run"
+    train(_smoke_config(steps=6, eval_every=6, log_every=3, warmup_steps=2), run, progress=False)
+    assets = tmp_path / "assets"
+    res = ship(run, assets=assets, eval_n=24)
+    meta = json.loads((assets / "solens-tiny.json").read_text())
+    assert meta["eval"]["zero_shot_balanced"] == res["zero_shot_balanced"]
+    assert meta["files"] == {"weights": "solens-tiny.safetensors",
+                             "reference": "solens-tiny-reference.safetensors"}
+    names = sorted([*meta["files"].values(), "solens-tiny.json"])
+    assert sorted(p.name for p in assets.iterdir()) == names  # no temporary files left
+    clip = tiny.load_tiny_clip(assets / "solens-tiny.safetensors", assets / "solens-tiny.json")
+    ref = load_file(str(assets / "solens-tiny-reference.safetensors"))
+    with torch.no_grad():
+        f = clip.encode_image(ref["images"]).float()
+    torch.testing.assert_close(f, ref["image_embeddings"], atol=1e-5, rtol=1e-5)
+
+
 def test_training_patch_dropout_then_unmasked_steps(tmp_path, monkeypatch):
     """Patch dropout drops half the patches while training, never at eval, and is switched off
     for the last ``unmasked_steps``; pair captions keep the loop running."""

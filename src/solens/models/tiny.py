@@ -294,8 +294,9 @@ def write_reference(clip: TinyCLIP, path: Path = REFERENCE_PATH, n_images: int =
     """Store fixed inputs and their embeddings next to the weights (for the reload test):
     ``images`` [n, 3, S, S] (preprocessed ``balanced`` scenes, seed 2024), ``image_embeddings``,
     ``texts_json`` (uint8 bytes of a JSON list), ``text_embeddings``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from solens.store.arrays import save_bytes_atomic
     from solens.synth import iter_batches
 
     b = next(iter_batches(n_images, "balanced", 2024, clip.cfg.image_size, n_batches=1))
@@ -304,13 +305,11 @@ def write_reference(clip: TinyCLIP, path: Path = REFERENCE_PATH, n_images: int =
     f = clip.encode_image(x.to(clip.visual.proj.device)).float().cpu()
     g = clip.encode_text(REFERENCE_TEXTS).float().cpu()
     texts = torch.frombuffer(bytearray(json.dumps(REFERENCE_TEXTS).encode()), dtype=torch.uint8)
-    save_file(
-        {
-            "images": x.contiguous(),
-            "image_embeddings": f.contiguous(),
-            "texts_json": texts.clone(),
-            "text_embeddings": g.contiguous(),
-        },
-        str(path),
-    )
+    tensors = {
+        "images": x.contiguous(),
+        "image_embeddings": f.contiguous(),
+        "texts_json": texts.clone(),
+        "text_embeddings": g.contiguous(),
+    }
+    save_bytes_atomic(path, save(tensors))
     return Path(path)

@@ -668,10 +668,10 @@ def ship(
     weights: str | Path | None = None,
 ) -> dict[str, Any]:
     """Copy a run's weights into the package assets, write reference embeddings, evaluate
-    (``solens.synth.evaluate.evaluate``) and record the numbers in ``solens-tiny.json``."""
-    import shutil
-
+    (``solens.synth.evaluate.evaluate``) and record the numbers in ``solens-tiny.json``.
+    Every file is written atomically; the ablations use ``min(eval_n, 1000)`` images."""
     from solens.models import tiny as T
+    from solens.store.arrays import save_text_atomic
     from solens.synth.evaluate import evaluate
 
     run = Path(run)
@@ -679,19 +679,19 @@ def ship(
     assets.mkdir(parents=True, exist_ok=True)
     src_w = Path(weights) if weights else run / "solens-tiny.safetensors"
     src_m = run / "solens-tiny.json"
-    shutil.copyfile(src_w, assets / "solens-tiny.safetensors")
+    save_bytes_atomic(assets / "solens-tiny.safetensors", src_w.read_bytes())
     meta = json.loads(src_m.read_text())
     clip = T.load_tiny_clip(assets / "solens-tiny.safetensors", src_m)
     T.write_reference(clip, assets / "solens-tiny-reference.safetensors")
     t0 = time.time()
-    res = evaluate(clip, n=eval_n, seed=eval_seed)
+    res = evaluate(clip, n=eval_n, seed=eval_seed, ablation_n=min(eval_n, 1000))
     res["eval_wall_s"] = round(time.time() - t0, 1)
     meta["eval"] = res
     meta["files"] = {
         "weights": "solens-tiny.safetensors",
         "reference": "solens-tiny-reference.safetensors",
     }
-    (assets / "solens-tiny.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_text_atomic(assets / "solens-tiny.json", json.dumps(meta, indent=2) + "\n")
     return res
 
 
