@@ -215,20 +215,17 @@ def state_dict_for_shipping(model: TinyCLIP) -> dict[str, Tensor]:
 
 def save_tiny(model: TinyCLIP, weights: Path, meta: Path | None = None, extra: dict | None = None):
     """Write safetensors weights (+ JSON config/metadata) atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    weights = Path(weights)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(weights.suffix + ".tmp")
-    save_file(state_dict_for_shipping(model), str(tmp), metadata={"model": MODEL_NAME})
-    os.replace(tmp, weights)
+    from solens.store.arrays import save_bytes_atomic, save_text_atomic
+
+    blob = save(state_dict_for_shipping(model), metadata={"model": MODEL_NAME})
+    save_bytes_atomic(weights, blob)
     if meta is not None:
         d = {"name": MODEL_NAME, "config": model.cfg.to_dict()}
         if extra:
             d.update(extra)
-        tmpm = Path(str(meta) + ".tmp")
-        tmpm.write_text(json.dumps(d, indent=2) + "\n")
-        os.replace(tmpm, meta)
+        save_text_atomic(meta, json.dumps(d, indent=2) + "\n")
 
 
 def read_meta(meta: Path = META_PATH) -> dict[str, Any]:

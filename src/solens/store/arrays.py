@@ -67,6 +67,12 @@ def save_text_atomic(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), lambda f: f.write(text), mode="w")
 
 
+def write_atomic(path: str | Path, write: Any) -> None:
+    """Call ``write(binary_fileobj)`` (``torch.save``, ``fig.savefig``, ...); never leaves a
+    partial file at ``path``, and concurrent writers never share a temporary file."""
+    _atomic_write(Path(path), write)
+
+
 def save_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data``; never leaves a partial file at ``path``."""
     _atomic_write(Path(path), lambda f: f.write(data))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import random
 import threading
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from solens.models.tiny import TinyCLIP, TinyConfig, images_to_tensor, save_tiny
-from solens.store.arrays import save_bytes_atomic
+from solens.store.arrays import save_bytes_atomic, write_atomic
 
 # ------------------------------------------------------------------------------------ config
 
@@ -446,10 +445,8 @@ def _plot(log_path: Path, png: Path) -> None:
     ax[1].legend(loc="lower right", fontsize=8)
     ax[1].set_title("accuracy")
     fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic(png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, png)
 
 
 # ------------------------------------------------------------------------------------ train
@@ -462,18 +459,14 @@ def _device(name: str) -> torch.device:
 
 
 def _save_ckpt(path: Path, model: TinyCLIP, opt, step: int, elapsed: float) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "step": step,
-            "elapsed": elapsed,
-            "torch_rng": torch.get_rng_state(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    state = {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "step": step,
+        "elapsed": elapsed,
+        "torch_rng": torch.get_rng_state(),
+    }
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def train(
