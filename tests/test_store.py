@@ -24,7 +24,7 @@ from solens.store import (
     export_effects,
     run_effects,
 )
-from solens.store.arrays import save_json_atomic, save_npy_atomic
+from solens.store.arrays import atomic_path, save_json_atomic, save_npy_atomic
 from solens.store.export import parse_neurons
 from solens.store.images import open_images
 from solens.store.run import IDENTITY_KEYS
@@ -90,6 +90,21 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
     save_json_atomic(tmp_path / "m.json", {"a": [1, 2]})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": [1, 2]}
+
+
+def test_atomic_path_renames_on_success_and_cleans_up_on_error(tmp_path):
+    target = tmp_path / "phi.npy"
+    with atomic_path(target) as a, atomic_path(target) as b:  # two writers, two temp files
+        assert a != b and a.parent == b.parent == tmp_path and not target.exists()
+        np.lib.format.open_memmap(a, mode="w+", dtype=np.float32, shape=(2, 3))[:] = 1.0
+        with open(b, "wb") as f:
+            np.save(f, np.full((2, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(np.load(target), np.full((2, 3), 1.0))  # a renamed last
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as c:
+        c.write_bytes(b"partial")
+        raise KeyboardInterrupt
+    np.testing.assert_array_equal(np.load(target), np.full((2, 3), 1.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["phi.npy"]
 
 
 # --- writer / reader ----------------------------------------------------------------------

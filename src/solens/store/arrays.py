@@ -42,17 +42,21 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
-    """Write via ``write(fileobj)`` into a temporary file in ``path``'s folder, then rename."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary path in ``path``'s folder for the caller to fill (a memmap, a
+    ``safetensors`` file, ...); on a clean exit it is fsync'd and renamed to ``path``, on any
+    exception it is deleted. Concurrent writers never share a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give files the usual mode
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            if FSYNC:
+        os.close(fd)
+        yield tmp
+        if FSYNC:
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -60,6 +64,12 @@ def _atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
+    """Write via ``write(fileobj)`` into a temporary file in ``path``'s folder, then rename."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        write(f)
 
 
 def save_text_atomic(path: str | Path, text: str) -> None:

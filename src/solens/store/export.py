@@ -8,7 +8,6 @@ partial file never carries the final name.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from solens.errors import InputError
 from solens.lens.frozen import CONVENTIONS
 from solens.lens.second_order import LayerCoeffs, effects
+from solens.store.arrays import atomic_path
 from solens.store.run import Run, layer_dir
 
 BLOCK_BYTES = 64 * 2**20
@@ -83,10 +83,9 @@ def export_effects(
     n = run.n_images
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     block = max(1, BLOCK_BYTES // max(1, K * d * 4))
     ld = layer_dir(layer)
-    try:
+    with atomic_path(out) as tmp:
         dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, K, d))
         with tqdm(total=n, unit="img", desc=f"export {ld}", disable=not progress) as bar:
             for ch in run.iter_chunks(layer):
@@ -104,10 +103,6 @@ def export_effects(
                     bar.update(b - a)
         dst.flush()
         del dst
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out
 
 
