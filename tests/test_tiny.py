@@ -145,6 +145,44 @@ def test_training_smoke(tmp_path):
     assert (tmp_path / "curve.png").exists()
     clip = tiny.load_tiny_clip(out, tmp_path / "solens-tiny.json")
     assert clip.cfg.layers == 2
+    # the last checkpoint holds the final weights
+    from solens.synth.train import load_checkpoint
+
+    ck, step = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert step == 20 and not ck.training
+    for (k, a), (k2, b) in zip(ck.state_dict().items(), clip.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+
+
+def test_synth_eval_checkpoint_cli(tmp_path, capsys):
+    from solens.cli import main
+    from solens.synth.train import train
+
+    run = tmp_path / "run"
+    train(_smoke_config(steps=4, eval_every=4, log_every=2, warmup_steps=1), run, progress=False)
+    main(["synth", "eval", "--checkpoint", str(run / "checkpoint.pt"), "--n", "20",
+          "--json", str(tmp_path / "eval.json")])
+    out = capsys.readouterr().out
+    assert f"checkpoint {run / 'checkpoint.pt'} at step 4" in out
+    assert "zero-shot top-1, balanced" in out
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert res["checkpoint"]["step"] == 4 and res["n"] == 20
+    # bad inputs: one error line, exit code 2
+    (tmp_path / "other").mkdir()
+    lone = tmp_path / "other" / "checkpoint.pt"
+    lone.write_bytes((run / "checkpoint.pt").read_bytes())
+    garbage = run / "garbage.pt"
+    torch.save({"weights": 1}, garbage)
+    for args, msg in (
+        (["--checkpoint", str(lone)], "config.json beside it"),
+        (["--checkpoint", str(run / "nope.pt")], "no such checkpoint"),
+        (["--checkpoint", str(garbage)], "not a solens-tiny training checkpoint"),
+        (["--checkpoint", str(garbage), "--weights", str(garbage)], "not both"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(["synth", "eval", *args])
+        assert e.value.code == 2
+        assert msg in capsys.readouterr().err
 
 
 def test_ship_writes_loadable_assets_with_reference_and_eval(tmp_path):

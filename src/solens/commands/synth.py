@@ -45,16 +45,33 @@ def eval_cmd(
     n: int = typer.Option(2000, "--n", min=20, help="Held-out images per split."),
     seed: int = typer.Option(12345, "--seed", help="Held-out split seed (never used in training)."),
     weights: Path | None = typer.Option(None, "--weights", help="Weights other than the shipped."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="A training run's checkpoint.pt (e.g. of a run still training)."
+    ),
     out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Print solens-tiny's accuracy table (zero-shot, conflict, attributes, block ablations)."""
     from solens.models import tiny
     from solens.synth.evaluate import evaluate
 
+    if weights is not None and checkpoint is not None:
+        raise InputError("give --weights or --checkpoint, not both")
     if weights is not None and not weights.is_file():
         raise InputError(f"--weights {weights}: no such file")
-    clip = tiny.load_tiny_clip(weights) if weights is not None else tiny.load_tiny_clip()
+    step = None
+    if checkpoint is not None:
+        from solens.synth.train import load_checkpoint
+
+        try:
+            clip, step = load_checkpoint(checkpoint)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise InputError(f"--checkpoint {checkpoint}: {e}") from None
+    else:
+        clip = tiny.load_tiny_clip(weights) if weights is not None else tiny.load_tiny_clip()
     res = evaluate(clip, n=n, seed=seed)
+    if step is not None:
+        res["checkpoint"] = {"path": str(checkpoint), "step": step}
+        typer.echo(f"checkpoint {checkpoint} at step {step}")
     typer.echo(format_table(res))
     if out is not None:
         from solens.store.arrays import save_json_atomic

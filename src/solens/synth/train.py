@@ -469,6 +469,25 @@ def _save_ckpt(path: Path, model: TinyCLIP, opt, step: int, elapsed: float) -> N
     write_atomic(path, lambda f: torch.save(state, f))
 
 
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[TinyCLIP, int]:
+    """The model of a training checkpoint (``RUN/checkpoint.pt``; the architecture comes from
+    ``RUN/config.json`` beside it) in eval mode, and the step it was saved at. For looking at a
+    run while it trains; the checkpoint file is only read."""
+    path = Path(path)
+    config = path.parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: a checkpoint needs the run's config.json beside it")
+    cfg = TrainConfig.from_json(config)
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(st, dict) or "model" not in st or "step" not in st:
+        raise ValueError(f"{path}: not a solens-tiny training checkpoint")
+    model = TinyCLIP(cfg.tiny())
+    model.load_state_dict(st["model"])
+    return model.to(device).eval(), int(st["step"])
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -688,4 +707,12 @@ def ship(
     return res
 
 
-__all__ = ["TrainConfig", "clip_loss", "facet_caption", "facet_pool", "ship", "train"]
+__all__ = [
+    "TrainConfig",
+    "clip_loss",
+    "facet_caption",
+    "facet_pool",
+    "load_checkpoint",
+    "ship",
+    "train",
+]
