@@ -101,8 +101,17 @@ def load_minilm(device: str = "cpu"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
-        st = SentenceTransformer(str(minilm_path()), device=key)
+        # transformers draws a "Loading weights" bar for a 103-tensor local load: noise in
+        # every command's output; switch it off only while loading
+        was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            st = SentenceTransformer(str(minilm_path()), device=key)
+        finally:
+            if was_on:
+                hf_logging.enable_progress_bar()
         st.eval()
         for p in st.parameters():
             p.requires_grad_(False)
