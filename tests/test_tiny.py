@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,29 @@ def test_shipped_config_meets_issue_constraints():
     cfg = tiny.TinyConfig.from_dict(meta["config"])
     assert cfg.layers >= 6 and cfg.heads >= 4 and cfg.image_size >= 64 and cfg.patch_size <= 8
     assert tiny.WEIGHTS_PATH.stat().st_size <= 25 * 2**20
+
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_training_configs_load_and_install(path):
+    """Every committed training config parses, and its drop paths fit its architecture."""
+    from solens.synth.train import MLPDropPath, TrainConfig
+
+    cfg = TrainConfig.from_json(path)
+    arch = cfg.tiny()
+    assert arch.layers >= 6 and arch.heads >= 4 and arch.image_size >= 64
+    assert cfg.unmasked_steps < cfg.steps and cfg.max_minutes is not None
+    drop = MLPDropPath(tiny.build_visual(arch), cfg.mlp_drop, cfg.cls_mlp_drop)
+    assert len(drop._mlps) == sum(1 for p, q in zip(cfg.mlp_drop or [0.0] * arch.layers,
+                                                    cfg.cls_mlp_drop or [0.0] * arch.layers,
+                                                    strict=True) if p > 0 or q > 0)
+    drop.remove()
+
+
+def test_config_listing_is_not_empty():
+    assert any(p.name == "solens-tiny.json" for p in CONFIGS)
 
 
 @shipped
@@ -361,6 +385,52 @@ def test_training_smoke_with_mlp_drop(tmp_path, monkeypatch):
     assert {n for _l, tr, n in sizes if not tr} == {32}  # eval_n images, nothing dropped
     (visual,) = installed
     assert all("forward" not in b.mlp.__dict__ for b in visual.transformer.resblocks)
+
+
+def test_drop_rates_per_restart_phase():
+    from solens.synth.train import TrainConfig, drop_rates_at
+
+    cfg = TrainConfig.from_dict(dict(
+        steps=10, mlp_drop=[0.0, 0.2], cls_mlp_drop=[0.5, 0.5],
+        restarts=[{"steps": 5, "lr": 1e-4, "mlp_drop": [0.0, 0.7]}, {"steps": 5, "lr": 1e-5}],
+    ))
+    main, first = ([0.0, 0.2], [0.5, 0.5]), ([0.0, 0.7], [0.5, 0.5])
+    assert [drop_rates_at(s, cfg) for s in (0, 9, 10, 14, 15, 19)] == [
+        main, main, first, first, main, main]
+    with pytest.raises(ValueError, match="restart"):
+        TrainConfig.from_dict(dict(restarts=[{"steps": 5, "lr": 1e-4, "mlp_dorp": [0.1]}]))
+    with pytest.raises(ValueError, match="restart"):
+        TrainConfig.from_dict(dict(restarts=[{"lr": 1e-4}]))
+
+
+def test_training_restart_switches_drop_rates(tmp_path, monkeypatch):
+    """A restart phase with its own mlp_drop re-installs the drop path at its first step (and a
+    run resumed inside that phase starts with the phase's rates); hooks are gone after."""
+    from solens.synth import train as T
+
+    installed: list = []
+    orig_init = T.MLPDropPath.__init__
+
+    def init(self, visual, probs, cls_probs=None):
+        orig_init(self, visual, probs, cls_probs)
+        installed.append((list(probs), visual))
+
+    monkeypatch.setattr(T.MLPDropPath, "__init__", init)
+    cfg = _smoke_config(steps=3, eval_every=10, log_every=1, warmup_steps=1,
+                        mlp_drop=[0.5, 0.0], max_minutes=60,
+                        restarts=[{"steps": 3, "lr": 1e-3, "mlp_drop": [0.0, 0.5]}])
+    T.train(cfg, tmp_path / "a", progress=False)
+    assert [p for p, _ in installed] == [[0.5, 0.0], [0.0, 0.5]]
+    visual = installed[0][1]
+    assert all("forward" not in b.mlp.__dict__ for b in visual.transformer.resblocks)
+    # resume from a checkpoint inside the restart phase
+    installed.clear()
+    ck = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    ck["step"] = 4
+    (tmp_path / "b").mkdir()
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
+    T.train(cfg, tmp_path / "b", progress=False)
+    assert [p for p, _ in installed] == [[0.0, 0.5]]
 
 
 def test_caption_cache_concurrent_saves_and_reload(tmp_path):

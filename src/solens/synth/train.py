@@ -39,6 +39,9 @@ from solens.store.arrays import save_bytes_atomic, write_atomic
 # ------------------------------------------------------------------------------------ config
 
 
+RESTART_KEYS = {"steps", "lr", "warmup_steps", "mlp_drop", "cls_mlp_drop"}
+
+
 @dataclass
 class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # TinyConfig fields
@@ -70,7 +73,8 @@ class TrainConfig:
     device: str = "auto"
     max_minutes: float | None = None  # stop (and save) after this wall time
     # warm restarts after the main schedule: [{"steps": n, "lr": x, "warmup_steps": w}, ...],
-    # each a further cosine cycle (same min_lr_frac) continuing from the previous one
+    # each a further cosine cycle (same min_lr_frac) continuing from the previous one; a restart
+    # may also set its own "mlp_drop" / "cls_mlp_drop" (else the top-level ones apply)
     restarts: list[dict[str, Any]] = field(default_factory=list)
     # final steps trained with patch dropout switched off ("unmasked tuning", FLIP)
     unmasked_steps: int = 0
@@ -93,6 +97,10 @@ class TrainConfig:
         unknown = set(d) - names - {"name", "comment"}
         if unknown:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        for r in d.get("restarts", []):
+            bad = set(r) - RESTART_KEYS
+            if bad or "steps" not in r or "lr" not in r:
+                raise ValueError(f"restart {r}: needs steps and lr, may set {sorted(RESTART_KEYS)}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def tiny(self) -> TinyConfig:
@@ -384,6 +392,21 @@ def total_steps(cfg: TrainConfig) -> int:
     return cfg.steps + sum(int(r["steps"]) for r in cfg.restarts)
 
 
+def drop_rates_at(step: int, cfg: TrainConfig) -> tuple[list[float], list[float]]:
+    """(mlp_drop, cls_mlp_drop) in force at ``step``: the top-level rates, or those a restart
+    phase sets for itself."""
+    start, rates = cfg.steps, (list(cfg.mlp_drop), list(cfg.cls_mlp_drop))
+    for r in cfg.restarts:
+        if step < start:
+            break
+        rates = (
+            list(r.get("mlp_drop", cfg.mlp_drop)),
+            list(r.get("cls_mlp_drop", cfg.cls_mlp_drop)),
+        )
+        start += int(r["steps"])
+    return rates
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step >= cfg.steps and cfg.restarts:
         start = cfg.steps
@@ -534,7 +557,6 @@ def train(
     prompt_emb = model.text.sentence_embeddings(prompts).to(dev)
 
     model.to(dev).train()
-    drop = MLPDropPath(model.visual, cfg.mlp_drop, cfg.cls_mlp_drop)  # [] and [] = no-op
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (
@@ -572,6 +594,8 @@ def train(
     start_wall = time.time()
     last_ckpt = time.time()
     n_total = total_steps(cfg)
+    rates = drop_rates_at(step, cfg)
+    drop = MLPDropPath(model.visual, *rates)  # [] and [] = no-op
     pf = Prefetcher(step, n_total, cfg, tiny)
     logf = log_path.open("a")
 
@@ -586,6 +610,10 @@ def train(
         while step < n_total:
             k, imgs, caps, labels = pf.get()
             assert k == step
+            if drop_rates_at(step, cfg) != rates:  # a restart phase with its own drop rates
+                drop.remove()
+                rates = drop_rates_at(step, cfg)
+                drop = MLPDropPath(model.visual, *rates)
             lr = lr_at(step, cfg)
             if step >= n_total - cfg.unmasked_steps and hasattr(model.visual.patch_dropout, "prob"):
                 model.visual.patch_dropout.prob = 0.0
