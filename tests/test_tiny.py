@@ -197,10 +197,13 @@ def test_synth_eval_checkpoint_cli(tmp_path, capsys):
     lone.write_bytes((run / "checkpoint.pt").read_bytes())
     garbage = run / "garbage.pt"
     torch.save({"weights": 1}, garbage)
+    truncated = run / "truncated.pt"
+    truncated.write_bytes((run / "checkpoint.pt").read_bytes()[:1000])
     for args, msg in (
         (["--checkpoint", str(lone)], "config.json beside it"),
         (["--checkpoint", str(run / "nope.pt")], "no such checkpoint"),
         (["--checkpoint", str(garbage)], "not a solens-tiny training checkpoint"),
+        (["--checkpoint", str(truncated)], "not a readable checkpoint"),
         (["--checkpoint", str(garbage), "--weights", str(garbage)], "not both"),
     ):
         with pytest.raises(SystemExit) as e:

@@ -392,34 +392,36 @@ def total_steps(cfg: TrainConfig) -> int:
     return cfg.steps + sum(int(r["steps"]) for r in cfg.restarts)
 
 
+def restart_at(step: int, cfg: TrainConfig) -> tuple[dict[str, Any] | None, int]:
+    """The restart phase that ``step`` falls in (steps past the last restart stay in it) and
+    its first step; ``(None, 0)`` inside the main schedule."""
+    if step < cfg.steps or not cfg.restarts:
+        return None, 0
+    start = cfg.steps
+    for r in cfg.restarts:
+        if step < start + int(r["steps"]) or r is cfg.restarts[-1]:
+            return r, start
+        start += int(r["steps"])
+    raise AssertionError("unreachable")
+
+
 def drop_rates_at(step: int, cfg: TrainConfig) -> tuple[list[float], list[float]]:
     """(mlp_drop, cls_mlp_drop) in force at ``step``: the top-level rates, or those a restart
     phase sets for itself."""
-    start, rates = cfg.steps, (list(cfg.mlp_drop), list(cfg.cls_mlp_drop))
-    for r in cfg.restarts:
-        if step < start:
-            break
-        rates = (
-            list(r.get("mlp_drop", cfg.mlp_drop)),
-            list(r.get("cls_mlp_drop", cfg.cls_mlp_drop)),
-        )
-        start += int(r["steps"])
-    return rates
+    r = restart_at(step, cfg)[0] or {}
+    return list(r.get("mlp_drop", cfg.mlp_drop)), list(r.get("cls_mlp_drop", cfg.cls_mlp_drop))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step >= cfg.steps and cfg.restarts:
-        start = cfg.steps
-        for r in cfg.restarts:
-            n, peak, warm = int(r["steps"]), float(r["lr"]), int(r.get("warmup_steps", 0))
-            if step < start + n or r is cfg.restarts[-1]:
-                i = step - start
-                if i < warm:
-                    return peak * (i + 1) / warm
-                t = (i - warm) / max(1, n - warm)
-                lo = peak * cfg.min_lr_frac
-                return lo + 0.5 * (peak - lo) * (1 + math.cos(math.pi * min(1.0, t)))
-            start += n
+    r, start = restart_at(step, cfg)
+    if r is not None:
+        n, peak, warm = int(r["steps"]), float(r["lr"]), int(r.get("warmup_steps", 0))
+        i = step - start
+        if i < warm:
+            return peak * (i + 1) / warm
+        t = (i - warm) / max(1, n - warm)
+        lo = peak * cfg.min_lr_frac
+        return lo + 0.5 * (peak - lo) * (1 + math.cos(math.pi * min(1.0, t)))
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -503,7 +505,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[TinyCLIP, in
     if not config.is_file():
         raise FileNotFoundError(f"{config}: a checkpoint needs the run's config.json beside it")
     cfg = TrainConfig.from_json(config)
-    st = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file: pickle / zip errors of many kinds
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(st, dict) or "model" not in st or "step" not in st:
         raise ValueError(f"{path}: not a solens-tiny training checkpoint")
     model = TinyCLIP(cfg.tiny())
@@ -610,9 +615,9 @@ def train(
         while step < n_total:
             k, imgs, caps, labels = pf.get()
             assert k == step
-            if drop_rates_at(step, cfg) != rates:  # a restart phase with its own drop rates
+            if (new_rates := drop_rates_at(step, cfg)) != rates:  # a restart with its own rates
                 drop.remove()
-                rates = drop_rates_at(step, cfg)
+                rates = new_rates
                 drop = MLPDropPath(model.visual, *rates)
             lr = lr_at(step, cfg)
             if step >= n_total - cfg.unmasked_steps and hasattr(model.visual.patch_dropout, "prob"):
