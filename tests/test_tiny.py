@@ -254,10 +254,14 @@ def test_training_patch_dropout_then_unmasked_steps(tmp_path, monkeypatch):
         {"patch_dropout": 0.5}, steps=6, unmasked_steps=2, eval_every=3, log_every=3,
         warmup_steps=1, pair_caption_frac=0.5,
     )
+    threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    cfg.unmasked_threads = 3
     train(cfg, tmp_path, progress=False)
     train_tokens = [n for training, n in seen if training]
     assert train_tokens == [1 + 32] * 4 + [1 + 64] * 2
     assert {n for training, n in seen if not training} == {1 + 64}
+    assert threads == [cfg.threads, 3]  # set once at the start, once for the unmasked steps
 
 
 @shipped

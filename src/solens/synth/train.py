@@ -78,6 +78,9 @@ class TrainConfig:
     restarts: list[dict[str, Any]] = field(default_factory=list)
     # final steps trained with patch dropout switched off ("unmasked tuning", FLIP)
     unmasked_steps: int = 0
+    # torch threads for those steps (None: ``threads``); on 2 cores a full-length step runs
+    # faster on 2 threads (0.77 vs 1.13 s), a patch-dropout step on 1
+    unmasked_threads: int | None = None
     # per-block probability of dropping the MLP branch for a training sample (stochastic depth
     # on MLP sublayers only, ``MLPDropPath``); [] = none. Training only: the model is a plain ViT
     mlp_drop: list[float] = field(default_factory=list)
@@ -621,6 +624,8 @@ def train(
                 drop = MLPDropPath(model.visual, *rates)
             lr = lr_at(step, cfg)
             if step >= n_total - cfg.unmasked_steps and hasattr(model.visual.patch_dropout, "prob"):
+                if model.visual.patch_dropout.prob and cfg.unmasked_threads:
+                    torch.set_num_threads(cfg.unmasked_threads)
                 model.visual.patch_dropout.prob = 0.0
             for g in opt.param_groups:
                 g["lr"] = lr
