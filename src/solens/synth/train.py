@@ -401,11 +401,11 @@ def restart_at(step: int, cfg: TrainConfig) -> tuple[dict[str, Any] | None, int]
     if step < cfg.steps or not cfg.restarts:
         return None, 0
     start = cfg.steps
-    for r in cfg.restarts:
-        if step < start + int(r["steps"]) or r is cfg.restarts[-1]:
+    for r in cfg.restarts[:-1]:
+        if step < start + int(r["steps"]):
             return r, start
         start += int(r["steps"])
-    raise AssertionError("unreachable")
+    return cfg.restarts[-1], start
 
 
 def drop_rates_at(step: int, cfg: TrainConfig) -> tuple[list[float], list[float]]:
