@@ -1,7 +1,7 @@
 """Ground-truth scoring of neuron descriptions on solens-tiny (issue 3 item 5).
 
 Computes (or resumes) a run over ``synth:balanced:N:SEED:64`` for the given layers, then
-``solens.describe.scoring.score_run`` with the given pool: second-order descriptions
+``solens.groundtruth.score.score_run`` with the given pool: second-order descriptions
 (OMP of r_n, or a descriptions JSON) vs the direct-effect and CLIP-Dissect baselines.
 
     python benchmarks/describe_scoring.py                       # shipped solens-tiny
@@ -17,42 +17,22 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from solens.describe.describe import describe_run
+from solens.groundtruth.score import score_run, summary
+from solens.models.model import Model
+from solens.store import run_effects
+from solens.tiny.model import as_model, load_clip
 
-def load(checkpoint: str | None, config: str | None) -> Any:
-    """The shipped solens-tiny, or a training checkpoint (``checkpoint.pt`` or safetensors)."""
-    import solens
 
-    if checkpoint is None:
-        return solens.load_model("solens-tiny")
-    from dataclasses import fields
-
-    from solens.models.model import Model, describe_visual
-    from solens.models.tiny import TinyCLIP, TinyConfig, make_transform
-
-    ck = Path(checkpoint)
-    cfg_path = Path(config) if config else ck.parent / "config.json"
-    raw = json.loads(cfg_path.read_text())
-    raw = raw.get("model", raw.get("config", raw))
-    names = {f.name for f in fields(TinyConfig)}
-    cfg = TinyConfig.from_dict({k: v for k, v in raw.items() if k in names})
-    clip = TinyCLIP(cfg)
-    if ck.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(ck))
-        step = None
-    else:
-        st = torch.load(ck, map_location="cpu", weights_only=False)
-        sd, step = st["model"], st.get("step")
-    clip.load_state_dict(sd)
-    clip.eval()
-    info = describe_visual(clip.visual, name="solens-tiny", pretrained=f"{ck}@step{step}",
-                           source="solens")
-    return Model(clip.visual, clip.text, make_transform(cfg), info)
+def load(checkpoint: str | None, config: str | None) -> Model:
+    """The shipped solens-tiny, or a training checkpoint (``checkpoint.pt`` or safetensors;
+    architecture from ``config`` or the JSON beside it)."""
+    clip = load_clip(checkpoint, config=config)
+    label = checkpoint or "shipped"
+    return as_model(clip, f"{label}@step{clip.step}" if clip.step is not None else label)
 
 
 def main() -> None:
@@ -69,16 +49,14 @@ def main() -> None:
     ap.add_argument("--order", default="abs", choices=["abs", "positive"])
     ap.add_argument("--reduce", default="mean", choices=["mean", "cls", "max"])
     ap.add_argument("--gt-from", default="second_order", choices=["second_order", "activation"])
-    ap.add_argument("--descriptions", default=None, help="a descriptions JSON (else OMP of r_n)")
+    ap.add_argument("--descriptions", default=None,
+                    help="JSON {layer: descriptions document} (else OMP of r_n)")
     ap.add_argument("--describe", action="store_true",
                     help="second-order terms from solens.describe.describe_run (same m)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="/tmp/solens-scoring")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-
-    from solens.describe.scoring import score_run, summary
-    from solens.store import run_effects
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,10 +65,10 @@ def main() -> None:
     run = run_effects(model, f"synth:balanced:{a.n}:{a.seed}:64", a.layers, out / "run",
                       batch_size=64, progress=False, workers=1)
     t1 = time.perf_counter()
-    desc = json.loads(Path(a.descriptions).read_text()) if a.descriptions else None
+    desc = None
+    if a.descriptions:  # {layer: a `solens describe` document of that layer}
+        desc = {int(l): d for l, d in json.loads(Path(a.descriptions).read_text()).items()}
     if a.describe:
-        from solens.describe.describe import describe_run
-
         docs = describe_run(run, a.pool, a.layers, model=model, n_terms=a.omp_terms,
                             nonneg=a.nonneg, k=a.k)
         desc = {d["layer"]: d for d in docs}

@@ -22,8 +22,8 @@ def test_margin_splits_exactly(seed: int) -> None:
     res = margin_attribution(model, x, labels, text, batch_size=3)
     L = model.info.n_layers
 
-    f, so = collect_effects(model, x, range(L), "second_order")  # float32 copies
-    f, so = f.double(), so.double()
+    eff = collect_effects(model, x, range(L), ["second_order"])  # float32 copies
+    f, so = eff.embeddings.double(), eff["second_order"].double()
     t = F.normalize(text, dim=-1)
     w = (t[labels] - t.mean(0)) / f.norm(dim=-1, keepdim=True)
     assert res["margin"] == pytest.approx(float((f * w).sum(-1).mean()), abs=1e-6)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from solens.cli import main
-from solens.models import tiny
+from solens.tiny import model as tiny
 
 pytestmark = pytest.mark.skipif(not tiny.WEIGHTS_PATH.exists(),
                                 reason="solens-tiny weights not shipped")

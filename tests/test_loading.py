@@ -290,23 +290,26 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
 
 
 # --- the bundled model ------------------------------------------------------------------------
-def test_tiny_missing_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "solens.models.tiny", None)
-    with pytest.raises(SolensError, match="solens-tiny"):
+def test_tiny_is_found_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    from solens.models import loading
+
+    assert loading.bundled_models()["solens-tiny"].value == "solens.tiny.model:load_tiny"
+    monkeypatch.setattr(loading, "bundled_models", lambda: {})
+    with pytest.raises(SolensError, match="solens-tiny.*not registered"):
         load_model("solens-tiny")
 
 
 def test_tiny_is_loaded_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
     sentinel = load_model(SMALL)
     calls: list[str] = []
-    fake = types.ModuleType("solens.models.tiny")
+    fake = types.ModuleType("solens.tiny.model")
 
     def load_tiny(device: str = "cpu") -> Model:
         calls.append(str(device))
         return sentinel
 
     fake.load_tiny = load_tiny  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "solens.models.tiny", fake)
+    monkeypatch.setitem(sys.modules, "solens.tiny.model", fake)
     assert load_model("solens-tiny") is sentinel and calls == ["cpu"]
     with pytest.raises(UnknownModelError, match="pretrained"):
         load_model("solens-tiny", "laion")

@@ -269,3 +269,22 @@ def test_train_split_rates() -> None:
     # an unplanted pair stays near chance
     dog_sea = [s["background"]["name"] == "sea" for s in sp if s["objects"][0]["class"] == "dog"]
     assert np.mean(dog_sea) < 0.3
+
+
+def test_rendering_in_threads_equals_rendering_alone():
+    """Datasets render scenes in thread pools: every scene must come out as rendered alone
+    (a canvas shared between threads once mixed objects of different scenes)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec_list = specs(600, "train", 3, 64)
+    alone = [render_array(s)[0] for s in spec_list]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            threaded = list(pool.map(lambda s: render_array(s)[0], spec_list))
+    finally:
+        sys.setswitchinterval(interval)
+    bad = [i for i, (a, b) in enumerate(zip(alone, threaded, strict=True)) if not (a == b).all()]
+    assert bad == []

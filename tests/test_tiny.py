@@ -14,7 +14,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from solens.models import tiny
+from solens.tiny import model as tiny
 
 shipped = pytest.mark.skipif(
     not (tiny.WEIGHTS_PATH.exists() and tiny.REFERENCE_PATH.exists()),
@@ -36,7 +36,8 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.json"))
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_training_configs_load_and_install(path):
     """Every committed training config parses, and its drop paths fit its architecture."""
-    from solens.synth.train import MLPDropPath, TrainConfig
+    from solens.tiny.config import TrainConfig
+    from solens.tiny.droppath import MLPDropPath
 
     cfg = TrainConfig.from_json(path)
     arch = cfg.tiny()
@@ -59,7 +60,7 @@ def test_shipped_model_reproduces_reference_embeddings():
 
     ref = load_file(str(tiny.REFERENCE_PATH))
     texts = json.loads(ref["texts_json"].numpy().tobytes().decode())
-    clip = tiny.load_tiny_clip()
+    clip = tiny.load_clip()
     with torch.no_grad():
         f = clip.encode_image(ref["images"])
         g = clip.encode_text(texts)
@@ -91,18 +92,26 @@ def test_text_encoder_matches_sentence_transformers():
     assert enc.encode(texts).shape == (2, 8)
 
 
-def test_preprocess_matches_fast_path():
+def test_preprocess_fast_path_equals_pil_path():
+    """The vectorised path that rendered scenes take gives the same bits as the PIL path."""
     from PIL import Image
 
-    cfg = tiny.TinyConfig()
+    from solens.store.images import SynthImages, pixels
+
+    pre = tiny.TinyPreprocess(tiny.TinyConfig())
     arr = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    fast = tiny.images_to_tensor(arr, cfg)
-    slow = torch.stack([tiny.make_transform(cfg)(Image.fromarray(a)) for a in arr])
-    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    slow = torch.stack([pre(Image.fromarray(a)) for a in arr])
+    assert torch.equal(pre.batch(arr), slow)
+    scenes = SynthImages("balanced", 3, 7, 64)
+    by_pil = torch.stack([pre(scenes.load(i)) for i in range(3)])
+    assert torch.equal(pixels(scenes, pre), by_pil)
+    # the manifest records the transform's own text (run identities stay as they were)
+    assert repr(pre) == repr(tiny.make_transform(tiny.TinyConfig()))
 
 
 def test_block_ablation_closed_form_matches_brute_force():
-    from solens.synth.evaluate import lens_model, second_order_block_effects
+    from solens.experiments.ablation import collect_effects
+    from solens.models.model import Model, describe_visual
 
     torch.manual_seed(0)
     cfg = tiny.TinyConfig(width=32, layers=3, heads=4, embed_dim=16)
@@ -111,9 +120,10 @@ def test_block_ablation_closed_form_matches_brute_force():
         for p in v.parameters():
             p.add_(0.05 * torch.randn_like(p))
     x = torch.randn(4, 3, 64, 64, dtype=torch.double)
-    tr = lens_model(v).trace(x)
+    model = Model(v, None, None, describe_visual(v, name="tiny-test", pretrained=None))
+    tr = model.trace(x)
     torch.testing.assert_close(tr.embedding, v(x))
-    eff = second_order_block_effects(v, x)
+    eff = collect_effects(model, x, range(3), ["second_order"])
     # brute force for block 0: remove M_0 from every later head's value input (frozen LN
     # sigma and attention), take the change of the CLS attention output, push it through
     # the frozen ln_post and proj.
@@ -144,13 +154,13 @@ def test_block_ablation_closed_form_matches_brute_force():
     # the mean of the removed component is not subtracted by cls_out's own centring of the
     # difference: centre it explicitly as the frozen ln_post does
     brute = (v.ln_post.weight * (tot - tot.mean(-1, keepdim=True)) / sp) @ v.proj
-    torch.testing.assert_close(eff["second"][:, 0], brute)
-    assert float(eff["second"][:, 2].abs().max()) == 0.0  # the last block has no later heads
+    torch.testing.assert_close(eff["second_order"][:, 0], brute.float())
+    assert float(eff["second_order"][:, 2].abs().max()) == 0.0  # the last block has no later heads
 
 
 def _smoke_config(model: dict | None = None, **kw):
     """A 2-block training config that runs in seconds (20 distinct captions: MiniLM runs once)."""
-    from solens.synth.train import TrainConfig
+    from solens.tiny.config import TrainConfig
 
     base = dict(batch_size=16, eval_n=32, precompute_pool=False, class_prompt_frac=1.0)
     arch = {"width": 32, "layers": 2, "heads": 2, "embed_dim": 32, **(model or {})}
@@ -158,7 +168,7 @@ def _smoke_config(model: dict | None = None, **kw):
 
 
 def test_training_smoke(tmp_path):
-    from solens.synth.train import train
+    from solens.tiny.loop import train
 
     cfg = _smoke_config(steps=20, eval_every=10, log_every=5, warmup_steps=5)
     out = train(cfg, tmp_path, progress=False)
@@ -167,20 +177,18 @@ def test_training_smoke(tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "train"] == [5, 10, 15, 20]
     assert all(np.isfinite(r["loss"]) for r in rows if r["kind"] == "train")
     assert (tmp_path / "curve.png").exists()
-    clip = tiny.load_tiny_clip(out, tmp_path / "solens-tiny.json")
-    assert clip.cfg.layers == 2
+    clip = tiny.load_clip(out)
+    assert clip.cfg.layers == 2 and clip.step is None
     # the last checkpoint holds the final weights
-    from solens.synth.train import load_checkpoint
-
-    ck, step = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert step == 20 and not ck.training
+    ck = tiny.load_clip(tmp_path / "checkpoint.pt")
+    assert ck.step == 20 and not ck.training
     for (k, a), (k2, b) in zip(ck.state_dict().items(), clip.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
 
 
 def test_synth_eval_checkpoint_cli(tmp_path, capsys):
     from solens.cli import main
-    from solens.synth.train import train
+    from solens.tiny.loop import train
 
     run = tmp_path / "run"
     train(_smoke_config(steps=4, eval_every=4, log_every=2, warmup_steps=1), run, progress=False)
@@ -215,7 +223,8 @@ def test_synth_eval_checkpoint_cli(tmp_path, capsys):
 def test_ship_writes_loadable_assets_with_reference_and_eval(tmp_path):
     from safetensors.torch import load_file
 
-    from solens.synth.train import ship, train
+    from solens.tiny.loop import train
+    from solens.tiny.ship import ship
 
     run = tmp_path / "run"
     train(_smoke_config(steps=6, eval_every=6, log_every=3, warmup_steps=2), run, progress=False)
@@ -227,7 +236,7 @@ def test_ship_writes_loadable_assets_with_reference_and_eval(tmp_path):
                              "reference": "solens-tiny-reference.safetensors"}
     names = sorted([*meta["files"].values(), "solens-tiny.json"])
     assert sorted(p.name for p in assets.iterdir()) == names  # no temporary files left
-    clip = tiny.load_tiny_clip(assets / "solens-tiny.safetensors", assets / "solens-tiny.json")
+    clip = tiny.load_clip(assets / "solens-tiny.safetensors")
     ref = load_file(str(assets / "solens-tiny-reference.safetensors"))
     with torch.no_grad():
         f = clip.encode_image(ref["images"]).float()
@@ -239,7 +248,7 @@ def test_training_patch_dropout_then_unmasked_steps(tmp_path, monkeypatch):
     for the last ``unmasked_steps``; pair captions keep the loop running."""
     from open_clip.transformer import PatchDropout
 
-    from solens.synth.train import train
+    from solens.tiny.loop import train
 
     seen: list[tuple[bool, int]] = []
     orig = PatchDropout.forward
@@ -267,9 +276,9 @@ def test_training_patch_dropout_then_unmasked_steps(tmp_path, monkeypatch):
 @shipped
 def test_evaluate_small_and_table():
     from solens.commands.synth import format_table
-    from solens.synth.evaluate import evaluate
+    from solens.tiny.evaluate import evaluate
 
-    res = evaluate(tiny.load_tiny_clip(), n=40, seed=4321, ablation_n=20)
+    res = evaluate(tiny.load_tiny(), n=40, seed=4321, ablation_n=20)
     for k in ("zero_shot_balanced", "zero_shot_conflict", "colour_cls", "background_retrieval"):
         assert 0.0 <= res[k] <= 1.0
     so = res["block_ablation_second_order"]
@@ -296,7 +305,7 @@ def test_mlp_drop_path_matches_masked_reference(probs, cls_probs):
     """Each sample's MLP branch of a block is either dropped (zero) or scaled by 1/(1-p), and
     its CLS-token branch dropped or scaled by 1/(1-q), per block independently; eval mode and
     ``remove()`` give back the plain tower."""
-    from solens.synth.train import MLPDropPath
+    from solens.tiny.droppath import MLPDropPath
 
     v = _drop_visual()
     x = torch.randn(32, 3, 64, 64)
@@ -343,7 +352,7 @@ def test_mlp_drop_path_matches_masked_reference(probs, cls_probs):
 
 
 def test_mlp_drop_path_gradients_reach_every_mlp():
-    from solens.synth.train import MLPDropPath
+    from solens.tiny.droppath import MLPDropPath
 
     v = _drop_visual()
     MLPDropPath(v, [0.5, 0.5, 0.5])
@@ -359,7 +368,7 @@ def test_mlp_drop_path_gradients_reach_every_mlp():
     [([0.5, 0.5], None), ([0.5, 0.5, 1.0], None), ([-0.1, 0.0, 0.0], None), ([], [0.5, 0.5])],
 )
 def test_mlp_drop_path_rejects_bad_probabilities(probs, cls_probs):
-    from solens.synth.train import MLPDropPath
+    from solens.tiny.droppath import MLPDropPath
 
     with pytest.raises(ValueError, match="mlp_drop"):
         MLPDropPath(_drop_visual(), probs, cls_probs)
@@ -368,7 +377,7 @@ def test_mlp_drop_path_rejects_bad_probabilities(probs, cls_probs):
 def test_training_smoke_with_mlp_drop(tmp_path, monkeypatch):
     """In the training loop, a dropping block's MLP sees only the kept samples, the others
     the whole batch; evaluation passes see whole batches, and the hooks are gone after."""
-    from solens.synth import train as T
+    from solens.tiny import loop as T
 
     installed: list = []
     orig_init = T.MLPDropPath.__init__
@@ -395,7 +404,7 @@ def test_training_smoke_with_mlp_drop(tmp_path, monkeypatch):
 
 
 def test_drop_rates_per_restart_phase():
-    from solens.synth.train import TrainConfig, drop_rates_at
+    from solens.tiny.config import TrainConfig, drop_rates_at
 
     cfg = TrainConfig.from_dict(dict(
         steps=10, mlp_drop=[0.0, 0.2], cls_mlp_drop=[0.5, 0.5],
@@ -413,7 +422,7 @@ def test_drop_rates_per_restart_phase():
 def test_training_restart_switches_drop_rates(tmp_path, monkeypatch):
     """A restart phase with its own mlp_drop re-installs the drop path at its first step (and a
     run resumed inside that phase starts with the phase's rates); hooks are gone after."""
-    from solens.synth import train as T
+    from solens.tiny import loop as T
 
     installed: list = []
     orig_init = T.MLPDropPath.__init__
@@ -445,7 +454,7 @@ def test_caption_cache_concurrent_saves_and_reload(tmp_path):
     import threading
     from types import SimpleNamespace
 
-    from solens.synth.train import CaptionCache
+    from solens.tiny.data import CaptionCache
 
     path = tmp_path / "minilm.safetensors"
     texts = [SimpleNamespace(cache={}) for _ in range(2)]

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from solens.synth import specs
-from solens.synth.train import facet_caption, facet_pool
+from solens.synth.captions import facet_caption, facet_pool
 from solens.synth.world import concept
 
 

@@ -1,7 +1,13 @@
-"""solens: the second-order lens for CLIP vision transformers."""
+"""solens: the second-order lens for CLIP vision transformers.
+
+``import solens`` is light: the public names and every subpackage (``solens.synth``,
+``solens.models``, ``solens.lens``, ``solens.store``, ``solens.describe``,
+``solens.experiments``, ``solens.groundtruth``, ``solens.tiny``) load on first use.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -18,13 +24,16 @@ _LAZY = {
     "ModelInfo": "solens.models.model",
     "second_order": "solens.lens.second_order",
 }
+SUBPACKAGES = (
+    "synth", "models", "lens", "store", "describe", "experiments", "groundtruth", "tiny",
+)
 
-__all__ = ["Model", "ModelInfo", "__version__", "load_model", "second_order"]
+__all__ = ["Model", "ModelInfo", "__version__", "load_model", "second_order", *SUBPACKAGES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"solens.{name}")
     raise AttributeError(f"module 'solens' has no attribute {name!r}")

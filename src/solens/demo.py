@@ -18,29 +18,21 @@ import numpy as np
 import torch
 
 from solens import __version__
+from solens.describe.describe import describe_run
+from solens.describe.pools import embed_pool, load_pool
+from solens.experiments.ablation import block_ablation
+from solens.experiments.zeroshot import text_directions
+from solens.experiments.zeroshot import zero_shot as experiments_zero_shot
+from solens.groundtruth.score import score_run
+from solens.groundtruth.score import summary as score_summary
+from solens.models.loading import load_model
 from solens.models.model import Model
 from solens.store.arrays import save_json_atomic, save_text_atomic
+from solens.store.compute import run_effects
+from solens.synth.captions import class_prompts
+from solens.tiny.evaluate import world_split
 
 EVAL_SEED = 20261  # held-out split seed (training samples only the ``train`` split)
-
-
-def _scenes_tensor(
-    model: Model, split: str, n: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preprocessed images [n, 3, S, S] and class indices [n] of a synth split."""
-    from solens.synth.evaluate import render_split
-    from solens.synth.sampling import to_image
-
-    images, labels, _ = render_split(split, n, seed, model.info.image_size)
-    x = torch.stack([model.preprocess(to_image(a)) for a in images])
-    return x, torch.as_tensor(labels)
-
-
-def class_text(model: Model) -> torch.Tensor:
-    """Embeddings of "a photo of a {class}" for the world's classes: [C, d]."""
-    from solens.synth.evaluate import class_prompts
-
-    return model.encode_text(class_prompts()).float()
 
 
 def _plot_ablation(ablation: dict[str, Any], path: Path) -> None:
@@ -152,8 +144,6 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every step on solens-tiny (or ``model``) and write the report into ``out``."""
-    from solens.experiments.ablation import block_ablation
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -166,37 +156,31 @@ def run_demo(
 
     done = step("load model")
     if model is None:
-        from solens.models.loading import load_model
-
         model = load_model("solens-tiny")
     done()
 
     done = step("zero-shot accuracy")
-    texts = class_text(model)
-    xb, yb = _scenes_tensor(model, "balanced", n, EVAL_SEED)
-    xc, yc = _scenes_tensor(model, "conflict", n, EVAL_SEED)
-    from solens.experiments.ablation import accuracy
-
+    texts = text_directions(model, class_prompts())
+    xb, yb, _ = world_split(model, "balanced", n, EVAL_SEED)
+    xc, yc, _ = world_split(model, "conflict", n, EVAL_SEED)
     zero_shot = {
-        "balanced": accuracy(model.encode_image(xb), yb, texts),
-        "conflict": accuracy(model.encode_image(xc), yc, texts),
+        "balanced": experiments_zero_shot(model, xb, yb, texts),
+        "conflict": experiments_zero_shot(model, xc, yc, texts),
     }
     done()
 
     L = model.info.n_layers
     layers = list(range(L - 1)) if layers is None else list(layers)
     done = step("block ablations")
-    xr, _ = _scenes_tensor(model, "balanced", n // 2, EVAL_SEED + 1)
-    ablation = block_ablation(model, xb, yb, xr, texts, layers=layers)
-    ablation = {"baseline": ablation["baseline"],
-                **{kind: {str(l): v for l, v in ablation[kind].items()}
+    xr, _, _ = world_split(model, "balanced", n // 2, EVAL_SEED + 1)
+    ab = block_ablation(model, xb, yb, xr, texts, layers=layers)
+    ablation = {"baseline": ab["second_order"].baseline,
+                **{kind: {str(l): v for l, v in ab[kind].by_layer().items()}
                    for kind in ("second_order", "direct")}}
     _plot_ablation(ablation, out / "ablation.png")
     done()
 
     done = step("second-order effects")
-    from solens.store.compute import run_effects
-
     run = run_effects(model, f"synth:balanced:{n}:{EVAL_SEED}", layers, out / "run",
                       progress=progress)
     done()
@@ -212,11 +196,6 @@ def run_demo(
         "timings": timings,
     }
     if describe:
-        from solens.describe.describe import describe_run
-        from solens.describe.pools import embed_pool, load_pool
-        from solens.describe.scoring import score_run
-        from solens.describe.scoring import summary as score_summary
-
         done = step("descriptions")
         p = load_pool(pool)
         docs = describe_run(run, p, layers=layers, n_terms=terms, k=k, model=model,

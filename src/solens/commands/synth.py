@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from solens.errors import InputError
+from solens.store.arrays import save_json_atomic
+from solens.synth import sample
+from solens.tiny.config import TrainConfig
+from solens.tiny.evaluate import evaluate
+from solens.tiny.loop import train
+from solens.tiny.model import WEIGHTS_PATH, as_model, load_clip
 
 synth_app = typer.Typer(help="The synthetic world and the bundled model solens-tiny.",
                         no_args_is_help=True)
@@ -24,8 +31,6 @@ def train_cmd(
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (and save) early."),
 ) -> None:
     """Train solens-tiny from scratch (fixed seed; reproduces the shipped weights)."""
-    from solens.synth.train import TrainConfig, train
-
     if not config.is_file():
         raise InputError(f"--config {config}: no such file")
     try:
@@ -51,31 +56,16 @@ def eval_cmd(
     out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
 ) -> None:
     """Print solens-tiny's accuracy table (zero-shot, conflict, attributes, block ablations)."""
-    from solens.models import tiny
-    from solens.synth.evaluate import evaluate
-
     if weights is not None and checkpoint is not None:
         raise InputError("give --weights or --checkpoint, not both")
-    if weights is not None and not weights.is_file():
-        raise InputError(f"--weights {weights}: no such file")
-    step = None
-    if checkpoint is not None:
-        from solens.synth.train import load_checkpoint
-
-        try:
-            clip, step = load_checkpoint(checkpoint)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise InputError(f"--checkpoint {checkpoint}: {e}") from None
-    else:
-        clip = tiny.load_tiny_clip(weights) if weights is not None else tiny.load_tiny_clip()
-    res = evaluate(clip, n=n, seed=seed)
-    if step is not None:
-        res["checkpoint"] = {"path": str(checkpoint), "step": step}
-        typer.echo(f"checkpoint {checkpoint} at step {step}")
+    path = checkpoint if checkpoint is not None else weights
+    clip = load_clip(path)
+    res = evaluate(as_model(clip, str(path or WEIGHTS_PATH)), n=n, seed=seed)
+    if clip.step is not None:
+        res["checkpoint"] = {"path": str(checkpoint), "step": clip.step}
+        typer.echo(f"checkpoint {checkpoint} at step {clip.step}")
     typer.echo(format_table(res))
     if out is not None:
-        from solens.store.arrays import save_json_atomic
-
         save_json_atomic(out, res)
 
 
@@ -84,7 +74,7 @@ def _pct(x: float) -> str:
 
 
 def format_table(res: dict) -> str:
-    """The accuracy table of ``solens.synth.evaluate.evaluate``'s result."""
+    """The accuracy table of ``solens.tiny.evaluate.evaluate``'s result."""
     rows = [
         ("zero-shot top-1, balanced", res["zero_shot_balanced"]),
         ("zero-shot top-1, conflict", res["zero_shot_conflict"]),
@@ -125,14 +115,10 @@ def render_cmd(
     masks: bool = typer.Option(False, "--masks/--no-masks", help="Also write object masks."),
 ) -> None:
     """Render scenes to an image folder that ``solens effects --images`` can read."""
-    from solens.synth import sample
-
     try:
         scenes = sample(n, split=split, seed=seed)
     except ValueError as e:
         raise InputError(str(e)) from None
-    import numpy as np
-
     for i, sc in enumerate(scenes):
         folder = out / sc.label
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import difflib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -38,6 +39,13 @@ _JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 # --- names ---------------------------------------------------------------------------------
+def bundled_models() -> dict[str, importlib.metadata.EntryPoint]:
+    """Models that packages register under the entry-point group ``solens.models`` (name ->
+    ``load(device=...) -> Model``): solens's own ``solens-tiny`` is one. Found through the
+    installed metadata, so the loading layer imports no model package itself."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group="solens.models")}
+
+
 def list_models() -> list[str]:
     """Every model name ``load_model`` accepts without a schema prefix."""
     import open_clip
@@ -418,17 +426,14 @@ def _load_tiny(
 ) -> Model:
     if checkpoint is not None:
         raise UnknownModelError(f"{TINY} carries its own weights; checkpoint= is not accepted")
+    load = bundled_models().get(TINY)
+    if load is None:
+        raise SolensError(
+            f"the bundled model {TINY} is not registered in this installation (entry point "
+            "group 'solens.models'); reinstall solens (pip install -e .)"
+        )
     try:
-        from solens.models.tiny import load_tiny
-    except ModuleNotFoundError as e:
-        if e.name in ("solens.models.tiny",):
-            raise SolensError(
-                f"the bundled model {TINY} is not available in this installation "
-                "(solens.models.tiny is missing)"
-            ) from None
-        raise
-    try:
-        model = load_tiny(device=device)
+        model = load.load()(device=device)
     except FileNotFoundError as e:
         raise SolensError(f"the bundled model {TINY} has no weights: {_first_line(e)}") from None
     if pretrained is not None and pretrained != model.info.pretrained:

@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
 
 from solens.errors import InputError
+from solens.synth.render import render, render_array
+from solens.synth.sampling import SPEC_VERSION, SPLITS, spec_at
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -128,8 +133,6 @@ class SynthImages:
     labels: list[str | None] | None = None
 
     def __post_init__(self) -> None:
-        from solens.synth.sampling import spec_at
-
         self.ids = [f"synth:{self.split}:{self.seed}:{i:07d}" for i in range(self.n)]
         self.labels = [
             spec_at(i, self.split, self.seed, self.size)["objects"][0]["class"]
@@ -139,15 +142,21 @@ class SynthImages:
     def __len__(self) -> int:
         return self.n
 
-    def load(self, index: int) -> Image.Image:
-        from solens.synth.render import render
-        from solens.synth.sampling import spec_at
+    def spec(self, index: int) -> dict[str, Any]:
+        """The scene spec of candidate ``index`` (its ground truth)."""
+        return spec_at(index, self.split, self.seed, self.size)
 
-        return to_rgb(render(spec_at(index, self.split, self.seed, self.size)).image)
+    def load(self, index: int) -> Image.Image:
+        return to_rgb(render(self.spec(index)).image)
+
+    def arrays(self, indices: Sequence[int]) -> np.ndarray:
+        """Candidates ``indices`` rendered as uint8 RGB arrays [n, S, S, 3] (no PIL)."""
+        out = np.empty((len(indices), self.size, self.size, 3), np.uint8)
+        for j, i in enumerate(indices):
+            out[j] = render_array(self.spec(i))[0]
+        return out
 
     def describe(self) -> dict[str, Any]:
-        from solens.synth.sampling import SPEC_VERSION
-
         spec = f"synth:{self.split}:{self.n}:{self.seed}:{self.size}"
         return {
             "kind": "synth",
@@ -170,10 +179,6 @@ def parse_synth(spec: str) -> SynthImages:
         size = int(parts[4]) if len(parts) > 4 and parts[4] else 64
     except ValueError:
         raise InputError(usage) from None
-    try:
-        from solens.synth.sampling import SPLITS
-    except ImportError as e:  # pragma: no cover - synth is part of solens
-        raise InputError(f"synthetic datasets unavailable: {e}") from None
     if parts[1] not in SPLITS:
         raise InputError(f"unknown synthetic split {parts[1]!r}; valid: {', '.join(SPLITS)}")
     if n <= 0 or size <= 0:
@@ -227,8 +232,6 @@ def load_batch(
     pool: Executor | None = None,
 ) -> LoadedBatch:
     """Decode and preprocess candidates ``indices`` (in parallel with ``pool``)."""
-    import torch
-
     if pool is None:
         results = [_decode(source, i, preprocess) for i in indices]
     else:
@@ -262,3 +265,41 @@ def iter_batches(
             if k + 1 < len(groups):
                 nxt = ahead.submit(load_batch, source, groups[k + 1], preprocess, pool)
             yield cur
+
+
+def pixels(
+    source: ImageSource,
+    preprocess: Callable[[Image.Image], Tensor],
+    indices: Sequence[int] | None = None,
+) -> Tensor:
+    """Candidates ``indices`` (default: all) decoded and preprocessed: [n, 3, S, S].
+
+    The one way images reach a model in memory. Rendered scenes skip PIL when
+    ``preprocess`` has a vectorised ``batch`` for uint8 arrays [n, S, S, 3] (solens-tiny's
+    ``TinyPreprocess``: the same values as image by image). An undecodable candidate
+    raises ``InputError`` (``load_batch`` is the variant that skips and records them).
+    """
+    idx = list(range(len(source))) if indices is None else [int(i) for i in indices]
+    batch = getattr(preprocess, "batch", None)
+    if isinstance(source, SynthImages) and batch is not None:
+        return batch(source.arrays(idx))
+    loaded = load_batch(source, idx, preprocess)
+    if loaded.skipped:
+        first = loaded.skipped[0]
+        raise InputError(f"{len(loaded.skipped)} of {len(idx)} images cannot be decoded "
+                         f"(first: {first['path']}: {first['reason']})")
+    if loaded.pixels is None:
+        raise InputError("no images to load")
+    return loaded.pixels
+
+
+def class_indices(source: ImageSource, classes: Sequence[str]) -> Tensor:
+    """Index into ``classes`` of every candidate's label: [n] int64 (``InputError`` for an
+    unlabelled candidate or a label outside ``classes``)."""
+    if source.labels is None:
+        raise InputError("the images have no labels (class sub-folders)")
+    where = {c: i for i, c in enumerate(classes)}
+    bad = sorted({str(lab) for lab in source.labels if lab not in where})
+    if bad:
+        raise InputError(f"labels not among the {len(classes)} classes: {', '.join(bad[:5])}")
+    return torch.tensor([where[str(lab)] for lab in source.labels], dtype=torch.int64)

@@ -483,6 +483,16 @@ class Run:
             yield RunChunk(c["index"], row, row + c["rows"], ids, arrays)
             row += c["rows"]
 
+    def images(self) -> Any:
+        """The run's dataset (every candidate, in order)."""
+        from solens.store.images import FolderImages, open_images
+
+        ds = self.manifest["dataset"]
+        if ds["kind"] == "synth":
+            return open_images(ds["spec"])
+        return FolderImages(Path(self._images["root"]), list(self._images["paths"]),
+                            self._images.get("labels"))
+
     def __repr__(self) -> str:
         m = self.model
         return (

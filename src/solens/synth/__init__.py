@@ -10,7 +10,16 @@ planted spurious correlations in the ``train`` split.  See ``docs/synth.md``.
 True
 """
 
-from solens.synth.captions import caption, captions
+from solens.synth.captions import (
+    article,
+    attribute_prompts,
+    caption,
+    captions,
+    class_prompts,
+    facet_caption,
+    facet_pool,
+    with_article,
+)
 from solens.synth.render import render, render_array
 from solens.synth.sampling import SPLITS, Batch, iter_batches, sample, spec_at, specs, to_image
 from solens.synth.scene import Scene
@@ -38,9 +47,14 @@ __all__ = [
     "Concept",
     "Correlation",
     "Scene",
+    "article",
+    "attribute_prompts",
     "caption",
     "captions",
+    "class_prompts",
     "concept_words",
+    "facet_caption",
+    "facet_pool",
     "iter_batches",
     "render",
     "render_array",
@@ -49,4 +63,5 @@ __all__ = [
     "specs",
     "synonyms",
     "to_image",
+    "with_article",
 ]

@@ -13,9 +13,20 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from solens.synth.world import COUNTS, concept, plural
+from solens.synth.world import BACKGROUNDS, CLASSES, COLOURS, COUNTS, PATTERNS, concept, plural
 
-__all__ = ["BACKGROUND_NOUNS", "BACKGROUND_PHRASES", "caption", "captions"]
+__all__ = [
+    "BACKGROUND_NOUNS",
+    "BACKGROUND_PHRASES",
+    "article",
+    "attribute_prompts",
+    "caption",
+    "captions",
+    "class_prompts",
+    "facet_caption",
+    "facet_pool",
+    "with_article",
+]
 
 #: Background id -> prepositional phrases (the first is used by the fullest caption).
 BACKGROUND_PHRASES: dict[str, tuple[str, ...]] = {
@@ -61,8 +72,14 @@ def _word(rng: random.Random, kind: str, id: str, canonical: bool) -> str:
     return rng.choice(c.synonyms)
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The indefinite article of ``word``: ``"an"`` before a vowel letter, else ``"a"``."""
     return "an" if word[0] in "aeiou" else "a"
+
+
+def with_article(phrase: str) -> str:
+    """``"apple"`` -> ``"an apple"``, ``"red cup"`` -> ``"a red cup"``."""
+    return f"{article(phrase)} {phrase}"
 
 
 def _group_phrase(rng: random.Random, objs: list[dict[str, Any]], full: bool) -> str:
@@ -92,7 +109,7 @@ def _group_phrase(rng: random.Random, objs: list[dict[str, Any]], full: bool) ->
     else:
         adjs += [w for w in (col, pat) if w]
     words = [*adjs, noun]
-    det = _article(words[0]) if n == 1 else COUNTS[n - 1]
+    det = article(words[0]) if n == 1 else COUNTS[n - 1]
     return " ".join([det, *words])
 
 
@@ -137,3 +154,124 @@ def captions(spec: dict[str, Any], n: int = 5) -> list[str]:
         out.append(caption(spec, k))
         k += 1
     return out
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def class_prompts(classes: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """ "a photo of a {class}" for the canonical class words, in ``CLASSES`` order (the
+    zero-shot classifier of the world)."""
+    return [f"a photo of {with_article(concept('class', c).word)}" for c in (classes or CLASSES)]
+
+
+def attribute_prompts(kind: str) -> tuple[list[str], list[list[str]]]:
+    """Values of an attribute (``"colour"`` or ``"background"``) and, per value, one prompt
+    per class: "a photo of a {colour} {class}" / "a photo of a {class} {background phrase}"
+    (phrase = the first of ``BACKGROUND_PHRASES``). Ensembling a value's prompts over the
+    classes gives a class-independent attribute direction."""
+    cls_words = [concept("class", c).word for c in CLASSES]
+    if kind == "colour":
+        values = list(COLOURS)
+        groups = [
+            [f"a photo of {with_article(concept('colour', v).word + ' ' + k)}" for k in cls_words]
+            for v in values
+        ]
+    elif kind == "background":
+        values = list(BACKGROUNDS)
+        groups = [
+            [f"a photo of {with_article(k)} {BACKGROUND_PHRASES[v][0]}" for k in cls_words]
+            for v in values
+        ]
+    else:
+        raise ValueError(f"unknown attribute {kind!r}; choose colour or background")
+    return values, groups
+
+
+# ------------------------------------------------------------------------- facet captions
+
+
+def _concept_word(kind: str, id: str) -> str:
+    return concept(kind, id).word
+
+
+def _words(kind: str, id: str) -> list[str]:
+    c = concept(kind, id)
+    return [c.word, *c.synonyms]
+
+
+def facet_caption(
+    spec: dict[str, Any],
+    rng: random.Random,
+    class_prompt_frac: float,
+    pair_caption_frac: float = 0.0,
+) -> str:
+    """A short canonical caption of the primary object of ``spec`` (from a closed set,
+    ``facet_pool``). Short facets use synonyms and background phrase variants. In scenes with
+    two or more classes, a fraction ``pair_caption_frac`` names the primary and another class."""
+    o = spec["objects"][0]
+    cls = _concept_word("class", o["class"])
+    others = list(
+        dict.fromkeys(x["class"] for x in spec["objects"][1:] if x["class"] != o["class"])
+    )
+    if others and pair_caption_frac and rng.random() < pair_caption_frac:
+        other = _concept_word("class", rng.choice(others))
+        return f"a photo of {with_article(cls)} and {with_article(other)}"
+    cls_any = cls if rng.random() < 0.7 else rng.choice(_words("class", o["class"]))
+    n_same = sum(1 for x in spec["objects"] if x["class"] == o["class"])
+    col = _concept_word("colour", o["colour"])
+    col_any = col if rng.random() < 0.8 else rng.choice(_words("colour", o["colour"]))
+    pat = _concept_word("pattern", o["pattern"])
+    phrases = BACKGROUND_PHRASES[spec["background"]["name"]]
+    bg = phrases[0]
+    if rng.random() < class_prompt_frac:
+        return f"a photo of {with_article(cls)}"
+    r = rng.randrange(8)
+    if r == 0:
+        return f"a photo of {with_article(col_any + ' ' + cls_any)}"
+    if r == 1:
+        return f"a photo of {with_article(cls_any)} {rng.choice(phrases)}"
+    if r == 2:
+        return f"a photo of {with_article(col + ' ' + cls)} {bg}"
+    if r == 3:
+        return f"a photo of {with_article(pat + ' ' + cls)}"
+    if r == 4:
+        return f"a photo of {with_article(col + ' ' + pat + ' ' + cls)}"
+    if r == 5:
+        return f"a photo of {with_article(col + ' ' + pat + ' ' + cls)} {bg}"
+    if r == 6 and n_same > 1:
+        return f"a photo of {['', 'one', 'two', 'three'][n_same]} {plural(cls)}"
+    return f"a photo of {with_article(cls_any)}"
+
+
+def facet_pool() -> list[str]:
+    """Every string ``facet_caption`` can return (embedded once, cached on disk)."""
+    out: list[str] = []
+    for c in CLASSES:
+        cw = _concept_word("class", c)
+        out += [
+            f"a photo of {with_article(cw)} and {with_article(_concept_word('class', c2))}"
+            for c2 in CLASSES
+            if c2 != c
+        ]
+        for w in _words("class", c):
+            out.append(f"a photo of {with_article(w)}")
+            for col in COLOURS:
+                out += [f"a photo of {with_article(cc + ' ' + w)}" for cc in _words("colour", col)]
+            for b in BACKGROUNDS:
+                out += [f"a photo of {with_article(w)} {ph}" for ph in BACKGROUND_PHRASES[b]]
+        out += [f"a photo of {n} {plural(cw)}" for n in ("two", "three")]
+        for p in PATTERNS:
+            out.append(f"a photo of {with_article(_concept_word('pattern', p) + ' ' + cw)}")
+        for col in COLOURS:
+            cc = _concept_word("colour", col) + " " + cw
+            for b in BACKGROUNDS:
+                out.append(f"a photo of {with_article(cc)} {BACKGROUND_PHRASES[b][0]}")
+            for p in PATTERNS:
+                cpc = _concept_word("colour", col) + " " + _concept_word("pattern", p) + " " + cw
+                out.append(f"a photo of {with_article(cpc)}")
+                for b in BACKGROUNDS:
+                    out.append(f"a photo of {with_article(cpc)} {BACKGROUND_PHRASES[b][0]}")
+    return list(dict.fromkeys(out))
+
+

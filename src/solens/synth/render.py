@@ -10,6 +10,7 @@ pixels each object painted and that no object in front repainted.
 from __future__ import annotations
 
 import math
+import threading
 from functools import cache
 from typing import Any
 
@@ -66,11 +67,17 @@ def _geometry(cls: str) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
     return pts, bounds, tuple(t for _, t in parts)
 
 
-@cache
+_CANVASES = threading.local()
+
+
 def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    """A reusable ``L`` canvas (cleared by the caller)."""
-    im = Image.new("L", (size, size), 0)
-    return im, ImageDraw.Draw(im)
+    """A reusable ``L`` canvas (cleared by the caller), one per thread: datasets render
+    scenes in thread pools, and a canvas shared between threads mixes their drawings."""
+    canvases = _CANVASES.__dict__.setdefault("by_size", {})
+    if size not in canvases:
+        im = Image.new("L", (size, size), 0)
+        canvases[size] = (im, ImageDraw.Draw(im))
+    return canvases[size]
 
 
 @cache

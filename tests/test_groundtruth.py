@@ -8,26 +8,25 @@ import numpy as np
 import pytest
 import torch
 
-from solens.describe.scoring import (
-    Matcher,
-    bh_adjust,
+from solens.errors import InputError
+from solens.groundtruth.baselines import (
     chance_hit,
-    concept_groups,
-    concept_presence,
-    description_terms,
     direct_directions,
     dissect_terms,
-    ground_truth,
     omp_terms,
     pearson_scores,
-    planted_pair,
-    score_neurons,
-    summary,
-    term_matches,
     text_similarities,
+)
+from solens.groundtruth.concepts import (
+    bh_adjust,
+    concept_groups,
+    concept_presence,
+    ground_truth,
+    planted_pair,
     world_concepts,
 )
-from solens.errors import InputError
+from solens.groundtruth.matching import Matcher, term_matches
+from solens.groundtruth.score import description_terms, score_neurons, summary
 from solens.synth.world import concept
 
 from .helpers import images, tiny_model
@@ -205,15 +204,16 @@ def test_direct_directions_match_direct_contributions() -> None:
 
 
 def test_description_forms_and_chance() -> None:
-    ref = {"0": [[3, 0.5, "ship"], [1, -0.2, "sea"]], "2": ["cow"]}
-    assert description_terms(ref) == {0: ["ship", "sea"], 2: ["cow"]}
-    js = {"layers": {"6": {"neurons": [{"neuron": 5, "terms": [{"text": "red", "coef": 1}]}]}}}
-    assert description_terms(js, 6) == {5: ["red"]}
-    assert description_terms([["a"], ["b"]]) == {0: ["a"], 1: ["b"]}
+    """Two forms only: a `solens describe` document, or neuron -> texts; nothing is guessed."""
+    assert description_terms({0: ["ship", "sea"], 2: ["cow"]}) == {0: ["ship", "sea"], 2: ["cow"]}
     doc = {"format": "solens-descriptions", "layer": 3, "neurons": [  # solens describe
         {"neuron": 0, "terms": [{"text": "sea", "index": 7, "coef": -0.4},
                                 {"text": "boat", "index": 2, "coef": 0.1}], "cosine": 0.9}]}
-    assert description_terms(doc, 3) == {0: ["sea", "boat"]}
+    assert description_terms(doc) == {0: ["sea", "boat"]}
+    for bad in ({"0": [[3, 0.5, "ship"]]}, {"neurons": [{"neuron": 0, "words": ["a"]}]},
+                [["a"], ["b"]]):
+        with pytest.raises(InputError):
+            description_terms(bad)
     assert chance_hit(10, 2, 5) == pytest.approx(1 - math.comb(8, 5) / math.comb(10, 5))
     assert chance_hit(10, 0, 5) == 0.0
 
@@ -222,7 +222,7 @@ def test_score_layer_end_to_end_on_a_small_synth_run(tmp_path) -> None:
     """Tiny random model over 24 rendered scenes: every piece runs and the images re-render
     to the stored embeddings."""
     from solens.describe.pools import make_pool
-    from solens.describe.scoring import score_layer, score_run
+    from solens.groundtruth.score import score_layer, score_run
     from solens.store import run_effects
     from solens.synth.world import concept_words
 

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
+
+from solens.errors import InputError
+from solens.models.model import Model, describe_visual
+from solens.store.arrays import save_bytes_atomic, save_text_atomic
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHTS_PATH = ASSETS / "solens-tiny.safetensors"
@@ -173,6 +180,7 @@ class TinyCLIP(nn.Module):
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         self.cfg = cfg
+        self.step: int | None = None  # training step of a loaded checkpoint
         self.visual = build_visual(cfg)
         self.text = MiniLMTextEncoder(cfg.embed_dim, cfg.text_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
@@ -186,7 +194,7 @@ class TinyCLIP(nn.Module):
         return nn.functional.normalize(g, dim=-1) if normalize else g
 
 
-def make_transform(cfg: TinyConfig):
+def make_transform(cfg: TinyConfig) -> Callable[[Image.Image], Tensor]:
     """PIL image -> normalised float tensor [3, S, S] (resize if needed, fixed mean/std)."""
     from torchvision import transforms as T
 
@@ -201,33 +209,133 @@ def make_transform(cfg: TinyConfig):
     )
 
 
-def images_to_tensor(images, cfg: TinyConfig) -> Tensor:
-    """Fast path for a list of PIL images already at ``cfg.image_size`` (or a uint8 array
-    [B, S, S, 3]) -> normalised float tensor [B, 3, S, S]."""
-    if isinstance(images, np.ndarray | Tensor):
+class TinyPreprocess:
+    """solens-tiny's image preprocessing: ``__call__`` maps one PIL image to [3, S, S]
+    (``make_transform``); ``batch`` maps uint8 RGB images already at S x S pixels,
+    [B, S, S, 3], to [B, 3, S, S] in one vectorised step with the same result (the fast path
+    that ``solens.store.images.pixels`` takes for rendered scenes)."""
+
+    def __init__(self, cfg: TinyConfig) -> None:
+        self.size = cfg.image_size
+        self.transform = make_transform(cfg)
+        self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.transform(image)
+
+    def batch(self, images: np.ndarray) -> Tensor:
+        """uint8 [B, S, S, 3] -> normalised float32 [B, 3, S, S]."""
         arr = torch.as_tensor(np.asarray(images))
-    else:
-        arr = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images]))
-    x = arr.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+        if arr.dtype != torch.uint8 or arr.ndim != 4 or tuple(arr.shape[1:]) != (
+            self.size, self.size, 3
+        ):
+            raise ValueError(f"expected uint8 [B, {self.size}, {self.size}, 3], got "
+                             f"{arr.dtype} {tuple(arr.shape)}")
+        x = arr.permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def __repr__(self) -> str:  # recorded in run manifests: the transform's own text
+        return repr(self.transform)
 
 
 # --------------------------------------------------------------------------------- save / load
 
 
 def state_dict_for_shipping(model: TinyCLIP) -> dict[str, Tensor]:
-    sd = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
-    return sd
+    """float32, contiguous, CPU copies of every parameter and buffer."""
+    return {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_tiny(model: TinyCLIP, weights: Path, meta: Path | None = None, extra: dict | None = None):
+def read_meta(meta: str | Path = META_PATH) -> dict[str, Any]:
+    """The JSON record next to a weights file (``config``, training metadata, evaluation)."""
+    return json.loads(Path(meta).read_text())
+
+
+def _config_for(path: Path, config: Path | None) -> TinyConfig:
+    """The architecture of a weights file or checkpoint: ``config`` if given, else the
+    ``solens-tiny.json`` (key ``config``) or training ``config.json`` (key ``model``) beside
+    it; a ``.safetensors`` file alone has the shipped architecture."""
+    if config is None:
+        names = ("config.json", "solens-tiny.json") if path.suffix == ".pt" else (
+            "solens-tiny.json", "config.json")
+        config = next((path.parent / n for n in names if (path.parent / n).is_file()), None)
+        if config is None and path.suffix == ".pt":
+            raise InputError(f"{path}: a checkpoint needs the run's config.json beside it")
+        if config is None:  # a weights file alone: the shipped architecture
+            config = META_PATH
+    try:
+        raw = read_meta(config)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{config}: not a readable JSON config ({type(e).__name__})") from None
+    return TinyConfig.from_dict(raw.get("config") or raw.get("model") or raw)
+
+
+def load_clip(
+    path: str | Path | None = None, *, config: str | Path | None = None, device: str = "cpu"
+) -> TinyCLIP:
+    """solens-tiny as a ``TinyCLIP`` in eval mode: the shipped weights (``path=None``), a
+    saved ``.safetensors`` file, or a training ``checkpoint.pt`` (read only; its step in
+    ``clip.step``). The architecture comes from ``config`` or the JSON beside the file."""
+    path = WEIGHTS_PATH if path is None else Path(path)
+    if path == WEIGHTS_PATH and config is None:
+        config = META_PATH
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint or weights file")
+    cfg = _config_for(path, None if config is None else Path(config))
+    step = None
+    if path.suffix == ".safetensors":
+        try:
+            sd = load_file(str(path), device="cpu")
+        except Exception as e:  # truncated or foreign file
+            raise InputError(f"{path}: not a readable safetensors file ({e})") from None
+    else:
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated or foreign file: pickle / zip errors of many kinds
+            raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+        if not isinstance(st, dict) or "model" not in st or "step" not in st:
+            raise InputError(f"{path}: not a solens-tiny training checkpoint")
+        sd, step = st["model"], int(st["step"])
+    model = TinyCLIP(cfg)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise InputError(f"{path}: weights do not fit the architecture of its config "
+                         f"({str(e).splitlines()[0]})") from None
+    model.step = step
+    return model.to(device).eval()
+
+
+def as_model(clip: TinyCLIP, pretrained: str) -> Model:
+    """A ``TinyCLIP`` as a solens ``Model``: ``model.text`` is its ``MiniLMTextEncoder``
+    (frozen MiniLM + learned projection), ``model.owner`` the whole ``TinyCLIP`` (so
+    ``model.to`` moves the projection too), preprocessing ``TinyPreprocess``."""
+    info = describe_visual(
+        clip.visual,
+        name=MODEL_NAME,
+        pretrained=pretrained,
+        source="solens",
+        extra={"text_encoder": clip.cfg.text_encoder, "logit_scale": clip.logit_scale.exp().item()},
+    )
+    return Model(clip.visual, clip.text, TinyPreprocess(clip.cfg), info, owner=clip)
+
+
+def load_tiny(device: str = "cpu", path: str | Path | None = None) -> Model:
+    """solens-tiny as a ``solens.models.model.Model`` (offline): the shipped weights, or
+    any file ``load_clip`` reads (``info.pretrained`` = the file's path, plus
+    ``@stepN`` for a training checkpoint)."""
+    clip = load_clip(path, device=device)
+    label = str(WEIGHTS_PATH if path is None else Path(path))
+    if clip.step is not None:
+        label += f"@step{clip.step}"
+    return as_model(clip, label)
+
+
+def save_tiny(
+    model: TinyCLIP, weights: Path, meta: Path | None = None, extra: dict | None = None
+) -> None:
     """Write safetensors weights (+ JSON config/metadata) atomically."""
-    from safetensors.torch import save
-
-    from solens.store.arrays import save_bytes_atomic, save_text_atomic
-
     blob = save(state_dict_for_shipping(model), metadata={"model": MODEL_NAME})
     save_bytes_atomic(weights, blob)
     if meta is not None:
@@ -235,41 +343,6 @@ def save_tiny(model: TinyCLIP, weights: Path, meta: Path | None = None, extra: d
         if extra:
             d.update(extra)
         save_text_atomic(meta, json.dumps(d, indent=2) + "\n")
-
-
-def read_meta(meta: Path = META_PATH) -> dict[str, Any]:
-    return json.loads(Path(meta).read_text())
-
-
-def load_tiny_clip(
-    weights: Path = WEIGHTS_PATH, meta: Path = META_PATH, device: str = "cpu"
-) -> TinyCLIP:
-    """The shipped (or any saved) solens-tiny as a ``TinyCLIP`` in eval mode."""
-    from safetensors.torch import load_file
-
-    cfg = TinyConfig.from_dict(read_meta(meta)["config"])
-    model = TinyCLIP(cfg)
-    sd = load_file(str(weights), device="cpu")
-    model.load_state_dict(sd)
-    return model.to(device).eval()
-
-
-def load_tiny(device: str = "cpu", weights: Path = WEIGHTS_PATH, meta: Path = META_PATH):
-    """The shipped solens-tiny as a ``solens.models.model.Model`` (offline).
-
-    ``model.text`` is the ``MiniLMTextEncoder`` (frozen MiniLM + learned projection);
-    ``model.owner`` is the whole ``TinyCLIP`` (so ``model.to`` moves the projection too)."""
-    from solens.models.model import Model, describe_visual
-
-    clip = load_tiny_clip(weights, meta, device)
-    info = describe_visual(
-        clip.visual,
-        name=MODEL_NAME,
-        pretrained=str(weights),
-        source="solens",
-        extra={"text_encoder": clip.cfg.text_encoder, "logit_scale": clip.logit_scale.exp().item()},
-    )
-    return Model(clip.visual, clip.text, make_transform(clip.cfg), info, owner=clip)
 
 
 __all__ = [
@@ -280,42 +353,13 @@ __all__ = [
     "MiniLMTextEncoder",
     "TinyCLIP",
     "TinyConfig",
+    "TinyPreprocess",
+    "as_model",
     "build_visual",
-    "images_to_tensor",
+    "load_clip",
     "load_minilm",
     "load_tiny",
-    "load_tiny_clip",
     "make_transform",
     "read_meta",
     "save_tiny",
-    "write_reference",
 ]
-
-
-REFERENCE_TEXTS = ["a photo of a car", "a red striped umbrella on the sand", "a dog", "ocean"]
-
-
-@torch.no_grad()
-def write_reference(clip: TinyCLIP, path: Path = REFERENCE_PATH, n_images: int = 4) -> Path:
-    """Store fixed inputs and their embeddings next to the weights (for the reload test):
-    ``images`` [n, 3, S, S] (preprocessed ``balanced`` scenes, seed 2024), ``image_embeddings``,
-    ``texts_json`` (uint8 bytes of a JSON list), ``text_embeddings``."""
-    from safetensors.torch import save
-
-    from solens.store.arrays import save_bytes_atomic
-    from solens.synth import iter_batches
-
-    b = next(iter_batches(n_images, "balanced", 2024, clip.cfg.image_size, n_batches=1))
-    x = images_to_tensor(b.images, clip.cfg)
-    clip = clip.eval()
-    f = clip.encode_image(x.to(clip.visual.proj.device)).float().cpu()
-    g = clip.encode_text(REFERENCE_TEXTS).float().cpu()
-    texts = torch.frombuffer(bytearray(json.dumps(REFERENCE_TEXTS).encode()), dtype=torch.uint8)
-    tensors = {
-        "images": x.contiguous(),
-        "image_embeddings": f.contiguous(),
-        "texts_json": texts.clone(),
-        "text_embeddings": g.contiguous(),
-    }
-    save_bytes_atomic(path, save(tensors))
-    return Path(path)

@@ -1,1 +1,0 @@
-"""solens.attack."""
