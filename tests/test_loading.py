@@ -295,7 +295,7 @@ def test_tiny_is_found_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) 
 
     assert loading.bundled_models()["solens-tiny"].value == "solens.tiny.model:load_tiny"
     monkeypatch.setattr(loading, "bundled_models", lambda: {})
-    with pytest.raises(SolensError, match="solens-tiny.*not registered"):
+    with pytest.raises(SolensError, match=r"solens-tiny.*not registered"):
         load_model("solens-tiny")
 
 
