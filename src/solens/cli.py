@@ -24,13 +24,7 @@ COMMAND_MODULES = ("effects", "export", "synth", "demo", "describe")
 
 def _register() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"solens.commands.{name}")
-        except ModuleNotFoundError as e:  # a command whose module is not written yet
-            if e.name == f"solens.commands.{name}":
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(f"solens.commands.{name}").register(app)
 
 
 def fail(message: str) -> None:
