@@ -130,6 +130,28 @@ def _examples(docs: Sequence[dict[str, Any]], n: int = 6) -> list[str]:
 
 
 @torch.no_grad()
+def headline(
+    model: Model, n: int, layers: Sequence[int]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The demo's headline figures: zero-shot top-1 on ``n`` held-out ``balanced`` and
+    ``conflict`` scenes (seed ``EVAL_SEED``), and per-layer mean-ablation accuracy of the
+    ``balanced`` scenes with means from ``n // 2`` other scenes (seed ``EVAL_SEED + 1``)."""
+    texts = text_directions(model, class_prompts())
+    xb, yb, _ = world_split(model, "balanced", n, EVAL_SEED)
+    xc, yc, _ = world_split(model, "conflict", n, EVAL_SEED)
+    zero_shot = {
+        "balanced": experiments_zero_shot(model, xb, yb, texts),
+        "conflict": experiments_zero_shot(model, xc, yc, texts),
+    }
+    xr, _, _ = world_split(model, "balanced", n // 2, EVAL_SEED + 1)
+    ab = block_ablation(model, xb, yb, xr, texts, layers=layers)
+    ablation = {"baseline": ab["second_order"].baseline,
+                **{kind: {str(l): v for l, v in ab[kind].by_layer().items()}
+                   for kind in ("second_order", "direct")}}
+    return zero_shot, ablation
+
+
+@torch.no_grad()
 def run_demo(
     out: Path,
     *,
@@ -159,24 +181,10 @@ def run_demo(
         model = load_model("solens-tiny")
     done()
 
-    done = step("zero-shot accuracy")
-    texts = text_directions(model, class_prompts())
-    xb, yb, _ = world_split(model, "balanced", n, EVAL_SEED)
-    xc, yc, _ = world_split(model, "conflict", n, EVAL_SEED)
-    zero_shot = {
-        "balanced": experiments_zero_shot(model, xb, yb, texts),
-        "conflict": experiments_zero_shot(model, xc, yc, texts),
-    }
-    done()
-
+    done = step("zero-shot accuracy and block ablations")
     L = model.info.n_layers
     layers = list(range(L - 1)) if layers is None else list(layers)
-    done = step("block ablations")
-    xr, _, _ = world_split(model, "balanced", n // 2, EVAL_SEED + 1)
-    ab = block_ablation(model, xb, yb, xr, texts, layers=layers)
-    ablation = {"baseline": ab["second_order"].baseline,
-                **{kind: {str(l): v for l, v in ab[kind].by_layer().items()}
-                   for kind in ("second_order", "direct")}}
+    zero_shot, ablation = headline(model, n, layers)
     _plot_ablation(ablation, out / "ablation.png")
     done()
 
@@ -234,4 +242,4 @@ def summary_line(summary: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["run_demo", "summary_line"]
+__all__ = ["headline", "run_demo", "summary_line"]
