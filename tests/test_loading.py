@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 import solens
 from solens.errors import SolensError, UnknownModelError, UnsupportedModelError
-from solens.models import loading
+from solens.models import checkpoints, hub, loading
 from solens.models.loading import load_model
 from solens.models.model import Model
 
@@ -110,6 +110,9 @@ def test_unknown_model_lists_close_matches() -> None:
     with pytest.raises(UnknownModelError, match="ViT-B-32") as e:
         load_model("ViT-B32")
     assert "\n" not in str(e.value)
+    # the message points at loading.list_models, which the split keeps there
+    assert "solens.models.loading.list_models()" in str(e.value)
+    assert "solens-tiny" in loading.list_models() and "ViT-B-32" in loading.list_models()
     with pytest.raises(UnknownModelError, match="ViT-B-32"):
         load_model("vit-b-32")
     with pytest.raises(UnknownModelError, match="solens-tiny"):
@@ -161,9 +164,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*a: object, **k: object) -> None:
         raise AssertionError("network access attempted")
 
-    monkeypatch.setattr(loading.socket, "create_connection", refuse)
+    monkeypatch.setattr(hub.socket, "create_connection", refuse)
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", refuse)
-    monkeypatch.setattr(loading, "cached_weights", lambda cfg: None)
+    monkeypatch.setattr(hub, "cached_weights", lambda cfg: None)
 
 
 def test_uncached_tag_fails_offline_with_one_line(no_network: None, monkeypatch) -> None:
@@ -176,9 +179,9 @@ def test_uncached_tag_fails_offline_with_one_line(no_network: None, monkeypatch)
 
 
 def test_uncached_tag_unreachable_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loading, "_offline", lambda: False)
-    monkeypatch.setattr(loading, "_reachable", lambda host, timeout=3.0: False)
-    monkeypatch.setattr(loading, "cached_weights", lambda cfg: None)
+    monkeypatch.setattr(hub, "_offline", lambda: False)
+    monkeypatch.setattr(hub, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(hub, "cached_weights", lambda cfg: None)
     with pytest.raises(UnknownModelError, match="not available offline"):
         load_model("ViT-B-32", "laion2b_s34b_b79k")
 
@@ -258,7 +261,7 @@ def test_torchscript_archive_round_trip(tmp_path: Path, x: torch.Tensor) -> None
     path = tmp_path / "ViT-tiny.pt"
     with pytest.warns(FutureWarning):  # torch.jit.script is deprecated, still what OpenAI used
         torch.jit.script(clip).save(str(path))
-    assert loading.is_torchscript_archive(path)
+    assert checkpoints.is_torchscript_archive(path)
     m = load_model(SMALL, checkpoint=path)
     assert m.info.quick_gelu and m.info.extra["quick_gelu_from"] == "openai-torchscript"
     assert m.info.extra["format"] == "torchscript"
@@ -332,7 +335,7 @@ def test_local_dir(tmp_path: Path, x: torch.Tensor) -> None:
     folder = _open_clip_folder(tmp_path / "m", clip)
     m = load_model(f"local-dir:{folder}")
     assert m.info.quick_gelu and m.info.pretrained.startswith("checkpoint:")
-    assert m.info.extra["sha256"] == loading.file_sha256(folder / "open_clip_model.safetensors")
+    assert m.info.extra["sha256"] == checkpoints.file_sha256(folder / "open_clip_model.safetensors")
     _same(m, clip, x)
     empty = _open_clip_folder(tmp_path / "empty", clip, with_weights=False)
     with pytest.raises(UnknownModelError, match="no weights file"):
