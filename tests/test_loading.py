@@ -364,3 +364,93 @@ def test_unavailable_device_is_one_line_error() -> None:
 
     with pytest.raises(InputError, match="device 'cuda'"):
         load_model(SMALL, device="cuda")
+
+
+# --- identity: run manifests and text-cache keys must not change ------------------------------
+def _old_state_sha256(module: torch.nn.Module, skip: str | None = None) -> str:
+    """The recipe of store.compute.weights_sha256 / describe.pools.text_fingerprint before
+    they moved onto ``Model`` (copied here on purpose: the digests are on disk)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if skip is not None and name.startswith(skip):
+            continue
+        a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+        h.update(f"{name}{tuple(a.shape)}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _old_run_identity(model: Model) -> dict:
+    info = model.info.to_dict()
+    keys = ("checkpoint", "file", "location")
+    info["extra"] = {k: v for k, v in info.get("extra", {}).items() if k not in keys}
+    return info
+
+
+def _old_text_identity(model: Model) -> dict:
+    module = model.owner if model.owner is not None else model.text
+    sha = _old_state_sha256(module, "visual.") if isinstance(module, torch.nn.Module) else None
+    i = model.info
+    return {
+        "name": i.name,
+        "pretrained": i.pretrained,
+        "quick_gelu": bool(i.quick_gelu),
+        "source": i.source,
+        "text_weights_sha256": sha,
+    }
+
+
+def _deterministic_clip(name: str = SMALL) -> torch.nn.Module:
+    """Every parameter set without a random generator, to exactly representable values."""
+    m = open_clip.create_model(name)
+    with torch.no_grad():
+        for i, (_, p) in enumerate(sorted(m.named_parameters())):
+            k = torch.arange(p.numel(), dtype=torch.float32) % 13 - 6
+            p.copy_((k / 8 + (i % 16) / 16).reshape(p.shape))
+    return m.eval()
+
+
+def test_identity_equals_the_old_recipes(tmp_path: Path) -> None:
+    clip = _random_clip(seed=8)
+    torch.save(clip.state_dict(), tmp_path / "full.pt")
+    torch.save(clip.visual.state_dict(), tmp_path / "visual.pt")
+    full = load_model(SMALL, checkpoint=tmp_path / "full.pt")
+    vision_only = load_model(SMALL, checkpoint=tmp_path / "visual.pt")
+    bare = Model(clip.visual, None, None, full.info)  # no owner, no text encoder
+    for m in (full, vision_only, bare, load_model(SMALL_QG)):
+        assert m.weights_sha256 == _old_state_sha256(m.visual)
+        assert m.identity() == _old_run_identity(m)
+        assert m.text_identity() == _old_text_identity(m)
+    assert "checkpoint" in full.info.extra and "checkpoint" not in full.identity()["extra"]
+    assert bare.text_identity()["text_weights_sha256"] is None
+
+
+# computed by solens at 522ca3a (store.compute.weights_sha256, describe.pools.text_fingerprint,
+# describe.pools.cache_key(model_identity(m), pool)) on _deterministic_clip()
+PIN_VISION = "c58d1a28b5ce6244832e139835dd9827dc46ec07e3d49c199addf0f8f489d562"
+PIN_TEXT = "cb8e570e5fad767355e4a8b4b1694c35f950b8e11153e24c804049e6a15c0a01"
+
+
+def test_identity_digests_are_pinned() -> None:
+    """Literal digests: a change here orphans existing run folders and text-cache entries."""
+    from solens.describe.pools import cache_key, make_pool
+
+    clip = _deterministic_clip()
+    m = Model.from_open_clip(clip, name=SMALL)
+    assert m.weights_sha256 == _old_state_sha256(clip.visual)
+    assert m.weights_sha256 == PIN_VISION
+    text = m.text_identity()
+    assert text["text_weights_sha256"] == _old_state_sha256(clip, "visual.")
+    assert text["text_weights_sha256"] == PIN_TEXT
+    assert cache_key(text, make_pool("p", ["a cat", "a dog"])) == "cf9f017a99a592ad119cc907b55e6693"
+
+
+def test_weights_sha256_is_memoised_until_to() -> None:
+    m = Model.from_open_clip(_deterministic_clip(), name=SMALL)
+    before = m.weights_sha256
+    with torch.no_grad():
+        m.visual.proj.add_(1.0)
+    assert m.weights_sha256 == before  # memoised: in-place edits are not seen
+    after = m.to("cpu").weights_sha256
+    assert after != before and after == _old_state_sha256(m.visual)
+    assert m.to(dtype=torch.float64).weights_sha256 == after  # float32 values unchanged
