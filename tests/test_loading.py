@@ -16,7 +16,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import solens
-from solens.errors import SolensError, UnknownModelError, UnsupportedModelError
+from solens.errors import (
+    InputError,
+    RunMismatchError,
+    SolensError,
+    UnknownModelError,
+    UnsupportedModelError,
+)
 from solens.models import checkpoints, hub, loading
 from solens.models.loading import load_model
 from solens.models.model import Model
@@ -156,6 +162,16 @@ def test_unsupported_built_towers() -> None:
     for vis in [ModifiedResNet((1, 1, 1, 1), 16, 4, 32, 8), *vits]:
         with pytest.raises(UnsupportedModelError, match="supported"):
             Model.from_open_clip(types.SimpleNamespace(visual=vis))  # type: ignore[arg-type]
+
+
+def test_model_and_run_errors_are_input_errors() -> None:
+    """One type for bad user input: catching InputError (or ValueError) catches them all."""
+    for error in (UnknownModelError, UnsupportedModelError, RunMismatchError):
+        assert issubclass(error, InputError) and issubclass(error, ValueError)
+    with pytest.raises(InputError):
+        load_model("ViT-B32")  # unknown
+    with pytest.raises(InputError):
+        load_model("RN50")  # unsupported
 
 
 # --- offline behaviour ------------------------------------------------------------------------
@@ -342,6 +358,11 @@ def test_local_dir(tmp_path: Path, x: torch.Tensor) -> None:
         load_model(f"local-dir:{empty}")
     with pytest.raises(UnknownModelError, match=r"open_clip_config\.json"):
         load_model(f"local-dir:{tmp_path / 'nowhere'}")
+    bad = _open_clip_folder(tmp_path / "bad", clip, with_weights=False)
+    (bad / "open_clip_config.json").write_text("{not json")
+    with pytest.raises(UnknownModelError, match=r"cannot read .*open_clip_config\.json") as e:
+        load_model(f"local-dir:{bad}")
+    assert "\n" not in str(e.value)
 
 
 def test_hf_hub_from_cache(tmp_path: Path, x: torch.Tensor, monkeypatch, no_network) -> None:
@@ -360,8 +381,6 @@ def test_hf_hub_from_cache(tmp_path: Path, x: torch.Tensor, monkeypatch, no_netw
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device_is_one_line_error() -> None:
-    from solens.errors import InputError
-
     with pytest.raises(InputError, match="device 'cuda'"):
         load_model(SMALL, device="cuda")
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from solens.errors import InputError
 from solens.models.weights import ViTWeights
 
 CONVENTIONS = ("exact", "official")
 
 
 def check_convention(convention: str) -> None:
-    """Raise ``ValueError`` for an unknown convention name."""
+    """Raise ``InputError`` for an unknown convention name."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
+        raise InputError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
 
 
 def center(x: Tensor) -> Tensor:

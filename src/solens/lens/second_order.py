@@ -42,8 +42,11 @@ def check_layer(model: Model, layer: int) -> None:
 def trace_names(layers: Sequence[int], n_layers: int | None = None) -> list[str]:
     """Hook names the trace must record to compute coefficients for ``layers``.
 
-    With ``n_layers`` only the blocks after ``min(layers)`` record attention patterns.
+    With ``n_layers`` only the blocks after ``min(layers)`` record attention patterns
+    (``InputError`` when ``layers`` is empty).
     """
+    if n_layers is not None and not layers:
+        raise InputError("no layers given: trace_names needs at least one source layer")
     names = [f"blocks.{l}.mlp.hook_post" for l in layers]
     later = ["*"] if n_layers is None else [str(lp) for lp in range(min(layers) + 1, n_layers)]
     for lp in later:

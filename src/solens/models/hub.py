@@ -182,7 +182,10 @@ def resolve_schema(name: str) -> tuple[str, str, dict[str, Any]]:
         cfg_file = folder / "open_clip_config.json"
         if not cfg_file.is_file():
             raise UnknownModelError(f"{name}: no open_clip_config.json in {folder}")
-        cfg = json.loads(cfg_file.read_text()).get("model_cfg", {})
+        try:
+            cfg = json.loads(cfg_file.read_text()).get("model_cfg", {})
+        except (ValueError, AttributeError) as e:  # not JSON, or not a JSON object
+            raise UnknownModelError(f"{name}: cannot read {cfg_file}: {_first_line(e)}") from None
         check_config_supported(name, cfg)
         weights = _find_checkpoint_in_dir(folder) if folder.is_dir() else None
         if weights is None:
