@@ -15,7 +15,7 @@ from solens.describe.pools import (
     make_pool,
 )
 from solens.errors import InputError
-from solens.models.model import ModelInfo
+from solens.models.model import Model, ModelInfo
 
 
 def test_builtin_pools() -> None:
@@ -63,6 +63,8 @@ class CountingText:
 
 
 class FakeModel:
+    text_identity = Model.text_identity  # the cache key embed_pool uses
+
     def __init__(self, quick_gelu: bool = False) -> None:
         self.text = CountingText()
         self.owner = None

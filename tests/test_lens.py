@@ -133,8 +133,18 @@ def test_layer_out_of_range() -> None:
     model = tiny_model()
     with pytest.raises(InputError, match=r"valid layers are 0\.\.2"):
         second_order(model, images(1), 3)
-    with pytest.raises(ValueError, match="convention"):
+    with pytest.raises(InputError, match="unknown convention 'paper'"):
         second_order(model, images(1), 0, convention="paper")
+    with pytest.raises(InputError, match="convention"):
+        directions(model, 0, convention="paper")
+    with pytest.raises(ValueError, match="convention"):  # InputError is a ValueError
+        reference_second_order(model, images(1), 0, convention="paper")
+
+
+def test_trace_names_without_layers() -> None:
+    with pytest.raises(InputError, match="no layers"):
+        trace_names([], 4)
+    assert trace_names([])[-2:] == ["ln_post.hook_mean", "ln_post.hook_scale"]  # unchanged
 
 
 def test_full_size_vit_b32_layer9_float32() -> None:

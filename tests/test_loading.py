@@ -16,8 +16,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import solens
-from solens.errors import SolensError, UnknownModelError, UnsupportedModelError
-from solens.models import loading
+from solens.errors import (
+    InputError,
+    RunMismatchError,
+    SolensError,
+    UnknownModelError,
+    UnsupportedModelError,
+)
+from solens.models import checkpoints, hub, loading
 from solens.models.loading import load_model
 from solens.models.model import Model
 
@@ -110,6 +116,9 @@ def test_unknown_model_lists_close_matches() -> None:
     with pytest.raises(UnknownModelError, match="ViT-B-32") as e:
         load_model("ViT-B32")
     assert "\n" not in str(e.value)
+    # the message points at loading.list_models, which the split keeps there
+    assert "solens.models.loading.list_models()" in str(e.value)
+    assert "solens-tiny" in loading.list_models() and "ViT-B-32" in loading.list_models()
     with pytest.raises(UnknownModelError, match="ViT-B-32"):
         load_model("vit-b-32")
     with pytest.raises(UnknownModelError, match="solens-tiny"):
@@ -155,15 +164,25 @@ def test_unsupported_built_towers() -> None:
             Model.from_open_clip(types.SimpleNamespace(visual=vis))  # type: ignore[arg-type]
 
 
+def test_model_and_run_errors_are_input_errors() -> None:
+    """One type for bad user input: catching InputError (or ValueError) catches them all."""
+    for error in (UnknownModelError, UnsupportedModelError, RunMismatchError):
+        assert issubclass(error, InputError) and issubclass(error, ValueError)
+    with pytest.raises(InputError):
+        load_model("ViT-B32")  # unknown
+    with pytest.raises(InputError):
+        load_model("RN50")  # unsupported
+
+
 # --- offline behaviour ------------------------------------------------------------------------
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*a: object, **k: object) -> None:
         raise AssertionError("network access attempted")
 
-    monkeypatch.setattr(loading.socket, "create_connection", refuse)
+    monkeypatch.setattr(hub.socket, "create_connection", refuse)
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", refuse)
-    monkeypatch.setattr(loading, "cached_weights", lambda cfg: None)
+    monkeypatch.setattr(hub, "cached_weights", lambda cfg: None)
 
 
 def test_uncached_tag_fails_offline_with_one_line(no_network: None, monkeypatch) -> None:
@@ -176,9 +195,9 @@ def test_uncached_tag_fails_offline_with_one_line(no_network: None, monkeypatch)
 
 
 def test_uncached_tag_unreachable_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loading, "_offline", lambda: False)
-    monkeypatch.setattr(loading, "_reachable", lambda host, timeout=3.0: False)
-    monkeypatch.setattr(loading, "cached_weights", lambda cfg: None)
+    monkeypatch.setattr(hub, "_offline", lambda: False)
+    monkeypatch.setattr(hub, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(hub, "cached_weights", lambda cfg: None)
     with pytest.raises(UnknownModelError, match="not available offline"):
         load_model("ViT-B-32", "laion2b_s34b_b79k")
 
@@ -258,7 +277,7 @@ def test_torchscript_archive_round_trip(tmp_path: Path, x: torch.Tensor) -> None
     path = tmp_path / "ViT-tiny.pt"
     with pytest.warns(FutureWarning):  # torch.jit.script is deprecated, still what OpenAI used
         torch.jit.script(clip).save(str(path))
-    assert loading.is_torchscript_archive(path)
+    assert checkpoints.is_torchscript_archive(path)
     m = load_model(SMALL, checkpoint=path)
     assert m.info.quick_gelu and m.info.extra["quick_gelu_from"] == "openai-torchscript"
     assert m.info.extra["format"] == "torchscript"
@@ -291,10 +310,10 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
 
 # --- the bundled model ------------------------------------------------------------------------
 def test_tiny_is_found_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
-    from solens.models import loading
+    from solens.models import names
 
-    assert loading.bundled_models()["solens-tiny"].value == "solens.tiny.model:load_tiny"
-    monkeypatch.setattr(loading, "bundled_models", lambda: {})
+    assert names.bundled_models()["solens-tiny"].value == "solens.tiny.model:load_tiny"
+    monkeypatch.setattr(names, "bundled_models", lambda: {})
     with pytest.raises(SolensError, match=r"solens-tiny.*not registered"):
         load_model("solens-tiny")
 
@@ -335,13 +354,18 @@ def test_local_dir(tmp_path: Path, x: torch.Tensor) -> None:
     folder = _open_clip_folder(tmp_path / "m", clip)
     m = load_model(f"local-dir:{folder}")
     assert m.info.quick_gelu and m.info.pretrained.startswith("checkpoint:")
-    assert m.info.extra["sha256"] == loading.file_sha256(folder / "open_clip_model.safetensors")
+    assert m.info.extra["sha256"] == checkpoints.file_sha256(folder / "open_clip_model.safetensors")
     _same(m, clip, x)
     empty = _open_clip_folder(tmp_path / "empty", clip, with_weights=False)
     with pytest.raises(UnknownModelError, match="no weights file"):
         load_model(f"local-dir:{empty}")
     with pytest.raises(UnknownModelError, match=r"open_clip_config\.json"):
         load_model(f"local-dir:{tmp_path / 'nowhere'}")
+    bad = _open_clip_folder(tmp_path / "bad", clip, with_weights=False)
+    (bad / "open_clip_config.json").write_text("{not json")
+    with pytest.raises(UnknownModelError, match=r"cannot read .*open_clip_config\.json") as e:
+        load_model(f"local-dir:{bad}")
+    assert "\n" not in str(e.value)
 
 
 def test_hf_hub_from_cache(tmp_path: Path, x: torch.Tensor, monkeypatch, no_network) -> None:
@@ -360,7 +384,95 @@ def test_hf_hub_from_cache(tmp_path: Path, x: torch.Tensor, monkeypatch, no_netw
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device_is_one_line_error() -> None:
-    from solens.errors import InputError
-
     with pytest.raises(InputError, match="device 'cuda'"):
         load_model(SMALL, device="cuda")
+
+
+# --- identity: run manifests and text-cache keys must not change ------------------------------
+def _old_state_sha256(module: torch.nn.Module, skip: str | None = None) -> str:
+    """The recipe of store.compute.weights_sha256 / describe.pools.text_fingerprint before
+    they moved onto ``Model`` (copied here on purpose: the digests are on disk)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if skip is not None and name.startswith(skip):
+            continue
+        a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+        h.update(f"{name}{tuple(a.shape)}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _old_run_identity(model: Model) -> dict:
+    info = model.info.to_dict()
+    keys = ("checkpoint", "file", "location")
+    info["extra"] = {k: v for k, v in info.get("extra", {}).items() if k not in keys}
+    return info
+
+
+def _old_text_identity(model: Model) -> dict:
+    module = model.owner if model.owner is not None else model.text
+    sha = _old_state_sha256(module, "visual.") if isinstance(module, torch.nn.Module) else None
+    i = model.info
+    return {
+        "name": i.name,
+        "pretrained": i.pretrained,
+        "quick_gelu": bool(i.quick_gelu),
+        "source": i.source,
+        "text_weights_sha256": sha,
+    }
+
+
+def _deterministic_clip(name: str = SMALL) -> torch.nn.Module:
+    """Every parameter set without a random generator, to exactly representable values."""
+    m = open_clip.create_model(name)
+    with torch.no_grad():
+        for i, (_, p) in enumerate(sorted(m.named_parameters())):
+            k = torch.arange(p.numel(), dtype=torch.float32) % 13 - 6
+            p.copy_((k / 8 + (i % 16) / 16).reshape(p.shape))
+    return m.eval()
+
+
+def test_identity_equals_the_old_recipes(tmp_path: Path) -> None:
+    clip = _random_clip(seed=8)
+    torch.save(clip.state_dict(), tmp_path / "full.pt")
+    torch.save(clip.visual.state_dict(), tmp_path / "visual.pt")
+    full = load_model(SMALL, checkpoint=tmp_path / "full.pt")
+    vision_only = load_model(SMALL, checkpoint=tmp_path / "visual.pt")
+    bare = Model(clip.visual, None, None, full.info)  # no owner, no text encoder
+    for m in (full, vision_only, bare, load_model(SMALL_QG)):
+        assert m.weights_sha256 == _old_state_sha256(m.visual)
+        assert m.identity() == _old_run_identity(m)
+        assert m.text_identity() == _old_text_identity(m)
+    assert "checkpoint" in full.info.extra and "checkpoint" not in full.identity()["extra"]
+    assert bare.text_identity()["text_weights_sha256"] is None
+
+
+# computed by solens at 522ca3a (store.compute.weights_sha256, describe.pools.text_fingerprint,
+# describe.pools.cache_key(model_identity(m), pool)) on _deterministic_clip()
+PIN_VISION = "c58d1a28b5ce6244832e139835dd9827dc46ec07e3d49c199addf0f8f489d562"
+PIN_TEXT = "cb8e570e5fad767355e4a8b4b1694c35f950b8e11153e24c804049e6a15c0a01"
+
+
+def test_identity_digests_are_pinned() -> None:
+    """Literal digests: a change here orphans existing run folders and text-cache entries."""
+    from solens.describe.pools import cache_key, make_pool
+
+    clip = _deterministic_clip()
+    m = Model.from_open_clip(clip, name=SMALL)
+    assert m.weights_sha256 == _old_state_sha256(clip.visual)
+    assert m.weights_sha256 == PIN_VISION
+    text = m.text_identity()
+    assert text["text_weights_sha256"] == _old_state_sha256(clip, "visual.")
+    assert text["text_weights_sha256"] == PIN_TEXT
+    assert cache_key(text, make_pool("p", ["a cat", "a dog"])) == "cf9f017a99a592ad119cc907b55e6693"
+
+
+def test_weights_sha256_is_memoised_until_to() -> None:
+    m = Model.from_open_clip(_deterministic_clip(), name=SMALL)
+    before = m.weights_sha256
+    with torch.no_grad():
+        m.visual.proj.add_(1.0)
+    assert m.weights_sha256 == before  # memoised: in-place edits are not seen
+    after = m.to("cpu").weights_sha256
+    assert after != before and after == _old_state_sha256(m.visual)
+    assert m.to(dtype=torch.float64).weights_sha256 == after  # float32 values unchanged

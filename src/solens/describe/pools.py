@@ -157,37 +157,6 @@ def cache_root() -> Path:
     return root / "text"
 
 
-def text_fingerprint(model: Any) -> str | None:
-    """sha256 over the text-side parameters (everything of the owner but ``visual.*``)."""
-    import torch
-
-    owner = getattr(model, "owner", None)
-    module = owner if owner is not None else getattr(model, "text", None)
-    if not isinstance(module, torch.nn.Module):
-        return None
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        if name.startswith("visual."):
-            continue
-        a = t.detach().to("cpu", torch.float32).contiguous().numpy()
-        h.update(f"{name}{tuple(a.shape)}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def model_identity(model: Any) -> dict[str, Any]:
-    """What identifies a text encoder in the cache key: name, pretrained tag, QuickGELU,
-    source and a hash of the text-side weights (when the encoder is a torch module)."""
-    info = model.info
-    return {
-        "name": info.name,
-        "pretrained": info.pretrained,
-        "quick_gelu": bool(info.quick_gelu),
-        "source": info.source,
-        "text_weights_sha256": text_fingerprint(model),
-    }
-
-
 def cache_key(identity: dict[str, Any], pool: Pool) -> str:
     blob = json.dumps({"v": CACHE_VERSION, "model": identity, "pool": pool.content_hash},
                       sort_keys=True)
@@ -205,14 +174,14 @@ def embed_pool(
     """Unnormalised text embeddings of ``pool`` [len(pool), d] float32, cached on disk.
 
     The cache file is ``cache_root()/<key>.npy`` (with a ``.json`` record), keyed by
-    ``model_identity(model)`` and ``pool.content_hash``; writes are atomic.
+    ``model.text_identity()`` and ``pool.content_hash``; writes are atomic.
     """
     import torch
     from tqdm.auto import tqdm
 
     from solens.store.arrays import save_json_atomic, save_npy_atomic
 
-    identity = model_identity(model)
+    identity = model.text_identity()
     key = cache_key(identity, pool)
     path = cache_root() / f"{key}.npy"
     if cache and path.exists():

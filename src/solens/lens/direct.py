@@ -5,6 +5,9 @@ head's CLS output, every neuron at CLS, each block's biases, and ``ln_post``'s b
 ``head_decomposition`` splits each later head's contribution into the upstream summands
 of its input (second-order paths), plus ``ln_1``'s bias and the value bias.
 Every split adds back to its whole to float tolerance (tests).
+
+Shapes: B images, T tokens, D residual width, H heads, N MLP width, d embedding dim; a
+``trace`` is ``model.trace(images [B, 3, S, S], ...)``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ def _to_embedding(model: Model, trace: Trace, r: Tensor) -> Tensor:
 
 
 def head_outputs(model: Model, trace: Trace, layer: int) -> Tensor:
-    """Per-head attention outputs at every token, after layer scale: [B, T, H, D]."""
+    """Per-head attention outputs at every token, after layer scale: [B, T, H, D].
+
+    ``trace`` holds block ``layer``'s ``hook_resid_pre``, ``ln1.hook_mean``/``hook_scale``
+    and ``attn.hook_pattern``.
+    """
     b = model.weights.blocks[layer]
     x = trace[f"blocks.{layer}.hook_resid_pre"]
     mu = trace[f"blocks.{layer}.ln1.hook_mean"].unsqueeze(-1)
@@ -67,8 +74,8 @@ def direct_contributions(model: Model, trace: Trace) -> dict[str, Tensor]:
 
 
 def push_through_heads(model: Model, trace: Trace, component: Tensor, layer: int) -> Tensor:
-    """A residual summand [B, T, D] at block ``layer``'s input, through each of its heads'
-    frozen OV path into f(I): [B, H, d] (exact convention)."""
+    """A residual summand ``component`` [B, T, D] at block ``layer``'s input, through each
+    of its heads' frozen OV path into f(I): [B, H, d] (exact convention)."""
     mix = cls_weights(
         trace[f"blocks.{layer}.attn.hook_pattern"], trace[f"blocks.{layer}.ln1.hook_scale"]
     )
@@ -77,7 +84,8 @@ def push_through_heads(model: Model, trace: Trace, component: Tensor, layer: int
 
 
 def head_decomposition(model: Model, trace: Trace, layer: int) -> dict[str, Tensor]:
-    """Split block ``layer``'s heads' contributions to f(I) by upstream summand: [B, H, d].
+    """Split block ``layer``'s heads' contributions to f(I) by upstream summand: [B, H, d]
+    each (trace recorded with ``names=None``).
 
     Keys: ``embed``, ``blocks.{l}.attn`` (all heads and bias of an earlier block),
     ``blocks.{l}.mlp`` (all neurons, bias excluded), ``blocks.{l}.mlp.bias``,

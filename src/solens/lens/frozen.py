@@ -1,5 +1,7 @@
 """Frozen-LayerNorm linear maps shared by every decomposition.
 
+Shapes: B images, T tokens, D residual width, H heads, dh head width, d embedding dim.
+
 With LayerNorm statistics frozen at their values in the real forward, ``LN(x)`` is
 linear in each summand ``c`` of ``x``: ``gamma * C(c) / sigma`` (``C`` = subtract the
 channel mean), with ``beta`` a separate component ("exact" convention, METHOD §3).
@@ -9,15 +11,16 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from solens.errors import InputError
 from solens.models.weights import ViTWeights
 
 CONVENTIONS = ("exact", "official")
 
 
 def check_convention(convention: str) -> None:
-    """Raise ``ValueError`` for an unknown convention name."""
+    """Raise ``InputError`` for an unknown convention name."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
+        raise InputError(f"unknown convention {convention!r}; choose one of {CONVENTIONS}")
 
 
 def center(x: Tensor) -> Tensor:
@@ -35,7 +38,10 @@ def post_map(w: ViTWeights, centred: bool = True) -> Tensor:
 
 
 def to_embedding(w: ViTWeights, r: Tensor, inv_sigma_post: Tensor) -> Tensor:
-    """Contribution of CLS-residual summands ``r`` [B, ..., D] to f(I): [B, ..., d]."""
+    """Contribution of CLS-residual summands ``r`` [B, ..., D] to f(I): [B, ..., d].
+
+    ``inv_sigma_post`` [B]: ``1 / sigma`` of ``ln_post`` per image.
+    """
     shape = (-1,) + (1,) * (r.dim() - 2) + (1,)
     return (r @ post_map(w)) * inv_sigma_post.reshape(shape)
 
@@ -43,7 +49,8 @@ def to_embedding(w: ViTWeights, r: Tensor, inv_sigma_post: Tensor) -> Tensor:
 def head_ov(w: ViTWeights, layer: int, centred: bool = True) -> Tensor:
     """Per-head map from a residual summand of block ``layer``'s input to the embedding.
 
-    ``c -> [(gamma_1 * C(c)) @ W_V[h] @ W_O[h] * ls_1] -> post_map``: [H, D, d].
+    ``c -> [(gamma_1 * C(c)) @ W_V[h] @ W_O[h] * ls_1] -> post_map``: [H, D, d]
+    (``centred=False``: without ``C``, official convention).
     Multiply by ``A[0, t] / sigma_1(t)`` and ``1 / sigma_post`` to get contributions.
     """
     b = w.blocks[layer]
@@ -57,5 +64,8 @@ def head_ov(w: ViTWeights, layer: int, centred: bool = True) -> Tensor:
 
 
 def cls_weights(pattern: Tensor, scale: Tensor) -> Tensor:
-    """Frozen CLS-query mixing weights ``A[b, h, 0, t] / sigma_1[b, t]``: [B, H, T]."""
+    """Frozen CLS-query mixing weights ``A[b, h, 0, t] / sigma_1[b, t]``: [B, H, T].
+
+    ``pattern`` [B, H, T, T]: attention probabilities; ``scale`` [B, T]: ``ln_1``'s std.
+    """
     return pattern[:, :, 0, :] / scale.unsqueeze(1)

@@ -30,7 +30,8 @@ def reference_second_order(
     neurons: Sequence[int] | None = None,
     convention: str = "exact",
 ) -> Tensor:
-    """The reference algorithm: [B, n_neurons, d]. Memory O(B * T * N * D) per head."""
+    """The reference algorithm: images [B, 3, S, S] -> [B, N, d] (N = ``len(neurons)``,
+    all neurons when None). Memory O(B * T * N * D) per head."""
     check_convention(convention)
     check_layer(model, layer)
     official = convention == "official"
@@ -88,7 +89,8 @@ def reference_second_order(
 def perturbation_second_order(
     model: Model, images: Tensor, layer: int, neurons: Sequence[int]
 ) -> Tensor:
-    """Inject each neuron's write into later attention inputs only (exact): [B, n, d].
+    """Inject each neuron's write into later attention inputs only (exact): images
+    [B, 3, S, S] -> [B, n, d], n = ``len(neurons)``.
 
     The later attention blocks are re-applied to ``x + delta`` with frozen probabilities
     and LayerNorm statistics; the CLS output difference goes through the frozen

@@ -11,6 +11,10 @@ For source block ``l`` with N neurons and the P = (L - l - 1) * H later heads
 The "official" convention of the reference code uses uncentred directions, a
 neuron-independent per-image ``offset`` (equal shares of LN means and all biases) and
 a ``100 / ||f(I)||`` scale: ``phi = 100/||f|| * (inv_sigma_post * s . u_off + offset)``.
+
+Shapes: B images [B, 3, S, S], T tokens, D residual width, H heads per block, N neurons
+(the block's MLP width, or ``len(neurons)`` for a subset), P later heads, d embedding
+dim, K projection vectors.
 """
 
 from __future__ import annotations
@@ -42,8 +46,11 @@ def check_layer(model: Model, layer: int) -> None:
 def trace_names(layers: Sequence[int], n_layers: int | None = None) -> list[str]:
     """Hook names the trace must record to compute coefficients for ``layers``.
 
-    With ``n_layers`` only the blocks after ``min(layers)`` record attention patterns.
+    With ``n_layers`` only the blocks after ``min(layers)`` record attention patterns
+    (``InputError`` when ``layers`` is empty).
     """
+    if n_layers is not None and not layers:
+        raise InputError("no layers given: trace_names needs at least one source layer")
     names = [f"blocks.{l}.mlp.hook_post" for l in layers]
     later = ["*"] if n_layers is None else [str(lp) for lp in range(min(layers) + 1, n_layers)]
     for lp in later:
@@ -59,8 +66,8 @@ def trace_names(layers: Sequence[int], n_layers: int | None = None) -> list[str]
 class LayerCoeffs:
     """Image-dependent factors of a layer's second-order effects for a batch.
 
-    ``s`` [B, N, P], ``inv_sigma_post`` [B], ``offset`` [B, d] (official convention,
-    before the 100/||f|| scale), ``embedding`` f(I) [B, d].
+    ``layer``: the source block. ``s`` [B, N, P], ``inv_sigma_post`` [B], ``offset``
+    [B, d] (official convention, before the 100/||f|| scale), ``embedding`` f(I) [B, d].
     """
 
     layer: int
@@ -123,7 +130,13 @@ def _official_offset(model: Model, trace: Trace, layer: int, inv_sigma_post: Ten
 def coefficients(
     model: Model, trace: Trace, layer: int, neurons: Sequence[int] | Tensor | None = None
 ) -> LayerCoeffs:
-    """Image-dependent factors of block ``layer``'s second-order effects."""
+    """Image-dependent factors of block ``layer``'s second-order effects.
+
+    ``trace`` of images [B, 3, S, S], recorded with at least
+    ``trace_names([layer], n_layers)`` -> ``LayerCoeffs`` with ``s`` [B, N, P],
+    ``inv_sigma_post`` [B], ``offset`` [B, d], ``embedding`` [B, d]. ``neurons``: indices
+    [N] into the block's MLP width (all when None).
+    """
     check_layer(model, layer)
     L = model.info.n_layers
     post = trace[f"blocks.{layer}.mlp.hook_post"]  # [B, T, N]
@@ -142,7 +155,12 @@ def directions(
     convention: str = "exact",
     neurons: Sequence[int] | Tensor | None = None,
 ) -> Tensor:
-    """Image-independent directions ``u`` [N, P, d] of block ``layer``'s neurons."""
+    """Image-independent directions ``u`` [N, P, d] of block ``layer``'s neurons.
+
+    ``neurons``: indices [N] (all when None); P = (L - layer - 1) * H, later head ``h`` of
+    block ``l'`` at ``p = (l' - layer - 1) * H + h``. ``convention`` "exact" (centred) or
+    "official" (uncentred).
+    """
     check_convention(convention)
     check_layer(model, layer)
     w = model.weights
@@ -159,7 +177,8 @@ def directions(
 
 
 def effects(coeffs: LayerCoeffs, u: Tensor, convention: str = "exact") -> Tensor:
-    """Materialised effects ``phi`` [B, N, d] from coefficients and directions ``u``."""
+    """Materialised effects ``phi`` [B, N, d] from coefficients (``s`` [B, N, P]) and
+    directions ``u`` [N, P, d] of the same convention."""
     check_convention(convention)
     phi = torch.einsum("bnp,npd->bnd", coeffs.s, u) * coeffs.inv_sigma_post[:, None, None]
     if convention == "official":
@@ -168,7 +187,8 @@ def effects(coeffs: LayerCoeffs, u: Tensor, convention: str = "exact") -> Tensor
 
 
 def norms(coeffs: LayerCoeffs, gram: Tensor) -> Tensor:
-    """``||phi_n(I)||`` (exact) without materialising: ``gram`` = u u^T [N, P, P] -> [B, N]."""
+    """``||phi_n(I)||`` (exact) without materialising: coefficients (``s`` [B, N, P]) and
+    ``gram`` = u u^T [N, P, P] -> [B, N]."""
     q = torch.einsum("bnp,npq,bnq->bn", coeffs.s, gram, coeffs.s)
     return q.clamp_min(0).sqrt() * coeffs.inv_sigma_post[:, None]
 
@@ -179,7 +199,8 @@ def gram(u: Tensor) -> Tensor:
 
 
 def project(coeffs: LayerCoeffs, u: Tensor, vectors: Tensor) -> Tensor:
-    """``<phi_n(I), v_k>`` (exact) for vectors [K, d] without materialising: [B, N, K]."""
+    """``<phi_n(I), v_k>`` (exact) without materialising: coefficients (``s`` [B, N, P]),
+    exact directions ``u`` [N, P, d] and ``vectors`` [K, d] -> [B, N, K]."""
     uv = u @ vectors.T  # [N, P, K]
     return torch.einsum("bnp,npk->bnk", coeffs.s, uv) * coeffs.inv_sigma_post[:, None, None]
 
@@ -194,7 +215,9 @@ def token_projections(
 ) -> Tensor:
     """Per-token contributions projected on ``vectors`` [K, d]: [B, N, T, K] (exact).
 
-    ``sum_t`` of the result equals ``project(coefficients(...), u, vectors)``.
+    ``trace`` as for ``coefficients``; ``u``: exact directions [N, P, d] (computed when
+    None); ``neurons``: indices [N]. ``sum_t`` of the result equals
+    ``project(coefficients(...), u, vectors)``.
     """
     u = directions(model, layer, "exact", neurons) if u is None else u
     post = trace[f"blocks.{layer}.mlp.hook_post"]
@@ -216,10 +239,11 @@ def second_order(
     neurons: Sequence[int] | Tensor | None = None,
     convention: str = "exact",
 ) -> Tensor:
-    """Second-order effects of block ``layer``'s neurons on f(I): [B, n_neurons, d].
+    """Second-order effects of block ``layer``'s neurons on f(I): [B, N, d].
 
-    ``images`` are preprocessed [B, 3, S, S]. Units: contribution to the unnormalised
-    embedding (exact), or the reference code's ``100/||f||``-scaled arrays (official).
+    ``images`` are preprocessed [B, 3, S, S]; ``neurons``: indices [N] (all when None).
+    Units: contribution to the unnormalised embedding (exact), or the reference code's
+    ``100/||f||``-scaled arrays (official).
     """
     check_convention(convention)
     check_layer(model, layer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -19,6 +20,10 @@ SUPPORTED = (
     "ResidualAttentionBlocks (nn.MultiheadAttention), optional layer scale and "
     "final_ln_after_pool"
 )
+
+LOCATION_KEYS = ("checkpoint", "file", "location")
+"""``ModelInfo.extra`` keys that say where weight files lie: not part of ``Model.identity``
+(the weights hash covers their contents)."""
 
 
 class TextEncoder(Protocol):
@@ -49,6 +54,24 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def state_sha256(module: nn.Module, skip_prefix: str | None = None) -> str:
+    """sha256 over a module's state dict: per entry, sorted by name, the name and shape
+    (``f"{name}{shape}"``) then the values as float32 bytes. Entries whose name starts
+    with ``skip_prefix`` are left out.
+
+    Run manifests (``weights_sha256``) and the text-embedding cache keys hold these
+    digests: changing the recipe orphans existing run folders and cache entries.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if skip_prefix is not None and name.startswith(skip_prefix):
+            continue
+        a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+        h.update(f"{name}{tuple(a.shape)}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def check_supported(visual: nn.Module) -> None:
@@ -189,6 +212,7 @@ class Model:
         if self.text is not None and isinstance(self.text, nn.Module) and self.owner is None:
             self.text.to(device=device)
         self.__dict__.pop("weights", None)
+        self.__dict__.pop("weights_sha256", None)
         return self
 
     # --- forward passes -----------------------------------------------------------------
@@ -216,6 +240,42 @@ class Model:
     def weights(self) -> ViTWeights:
         """Parameters in lens layout (recomputed after ``to``)."""
         return vit_weights(self.visual)
+
+    # --- identity -----------------------------------------------------------------------
+    @cached_property
+    def weights_sha256(self) -> str:
+        """sha256 of the vision tower's state dict (``state_sha256``), hex.
+
+        Memoised; recomputed after ``to``. In-place edits of the parameters are not seen:
+        ``del model.weights_sha256`` after them.
+        """
+        return state_sha256(self.visual)
+
+    def identity(self) -> dict[str, Any]:
+        """What a run folder records as its model: ``ModelInfo.to_dict()`` without the
+        file locations of ``info.extra`` (``LOCATION_KEYS``; ``weights_sha256`` covers the
+        contents). A run resumes only when this is equal."""
+        info = self.info.to_dict()
+        info["extra"] = {k: v for k, v in info.get("extra", {}).items() if k not in LOCATION_KEYS}
+        return info
+
+    def text_identity(self) -> dict[str, Any]:
+        """What identifies the text encoder in the text-embedding cache key: name,
+        pretrained tag, QuickGELU, source and ``text_weights_sha256``, a ``state_sha256``
+        of the text-side parameters (everything of ``owner`` but ``visual.*``, else of
+        ``text``; None when neither is a torch module). Not memoised."""
+        info = self.info
+        module = self.owner if self.owner is not None else self.text
+        text_sha = (
+            state_sha256(module, skip_prefix="visual.") if isinstance(module, nn.Module) else None
+        )
+        return {
+            "name": info.name,
+            "pretrained": info.pretrained,
+            "quick_gelu": bool(info.quick_gelu),
+            "source": info.source,
+            "text_weights_sha256": text_sha,
+        }
 
     def __repr__(self) -> str:
         i = self.info

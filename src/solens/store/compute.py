@@ -10,7 +10,6 @@ conventions are stored once per layer.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import re
 import time
@@ -31,7 +30,7 @@ from solens.lens.second_order import (
     norms,
     trace_names,
 )
-from solens.models.model import Model
+from solens.models.model import LOCATION_KEYS, Model, state_sha256
 from solens.store.images import FolderImages, SynthImages, images_record, iter_batches, open_images
 from solens.store.run import FORMAT_VERSION, MANIFEST, ArraySpec, Run, RunWriter, layer_dir, now
 
@@ -40,23 +39,9 @@ CHUNK_TARGET_BYTES = 128 * 2**20
 
 
 def weights_sha256(visual: torch.nn.Module) -> str:
-    """sha256 over the vision tower's state dict (names, shapes, float32 values)."""
-    h = hashlib.sha256()
-    for name, t in sorted(visual.state_dict().items()):
-        a = t.detach().to("cpu", torch.float32).contiguous().numpy()
-        h.update(f"{name}{tuple(a.shape)}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-_LOCATION_KEYS = ("checkpoint", "file", "location")
-
-
-def model_identity(model: Model) -> dict[str, Any]:
-    """``ModelInfo.to_dict()`` without file locations (the weights hash covers contents)."""
-    info = model.info.to_dict()
-    info["extra"] = {k: v for k, v in info.get("extra", {}).items() if k not in _LOCATION_KEYS}
-    return info
+    """Deprecated: use ``Model.weights_sha256``. Kept only for
+    ``solens.describe.describe.model_for_run`` (being moved); remove with that caller."""
+    return state_sha256(visual)
 
 
 def default_preprocess(model: Model) -> Callable[[Any], torch.Tensor]:
@@ -147,8 +132,8 @@ def run_effects(
     preprocess = default_preprocess(model)
     identity = {
         "format_version": FORMAT_VERSION,
-        "model": model_identity(model),
-        "weights_sha256": weights_sha256(model.visual),
+        "model": model.identity(),
+        "weights_sha256": model.weights_sha256,
         "preprocess": describe_preprocess(preprocess),
         "layers": layers,
         "dataset": source.describe(),
@@ -156,7 +141,7 @@ def run_effects(
         "arrays": {k: v.to_dict() for k, v in arrays.items()},
     }
     header = {
-        "model_files": {k: v for k, v in model.info.extra.items() if k in _LOCATION_KEYS},
+        "model_files": {k: v for k, v in model.info.extra.items() if k in LOCATION_KEYS},
         "conventions": list(CONVENTIONS),
         "n_neurons": model.info.d_mlp,
         "heads": {str(l): (model.info.n_layers - l - 1) * model.info.n_heads for l in layers},

@@ -1,0 +1,106 @@
+"""Model names and pretrained tags: what ``load_model`` accepts, close-name hints, configs.
+
+open_clip is imported inside the functions that need it: it is heavy, and ``import solens``
+should stay light.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import Any
+
+from solens.errors import UnknownModelError, UnsupportedModelError
+from solens.models.model import SUPPORTED
+
+TINY = "solens-tiny"
+_HF_PREFIX = "hf-hub:"
+_LOCAL_PREFIX = "local-dir:"
+
+
+def bundled_models() -> dict[str, importlib.metadata.EntryPoint]:
+    """Models that packages register under the entry-point group ``solens.models`` (name ->
+    ``load(device=...) -> Model``): solens's own ``solens-tiny`` is one. Found through the
+    installed metadata, so the loading layer imports no model package itself."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group="solens.models")}
+
+
+def list_models() -> list[str]:
+    """Every model name ``load_model`` accepts without a schema prefix."""
+    import open_clip
+
+    return [*open_clip.list_models(), *sorted(set(bundled_models()) | {TINY})]
+
+
+def list_pretrained_tags(name: str) -> list[str]:
+    """open_clip's pretrained tags for the model ``name`` (may be empty)."""
+    import open_clip
+
+    return list(open_clip.list_pretrained_tags_by_model(name))
+
+
+def _unknown_model(name: str) -> UnknownModelError:
+    models = list_models()
+    lower = {m.lower(): m for m in models}
+    close = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=5)]
+    close += difflib.get_close_matches(name, models, n=5, cutoff=0.6)
+    close = list(dict.fromkeys(close))[:5]
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    if Path(name).is_file():
+        hint += f" ({name!r} is a file: pass it as checkpoint= together with its architecture name)"
+    return UnknownModelError(
+        f"unknown model {name!r}{hint} (all names: solens.models.loading.list_models())"
+    )
+
+
+def _model_config(name: str) -> dict[str, Any]:
+    import open_clip
+
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise _unknown_model(name)
+    return cfg
+
+
+def check_config_supported(name: str, cfg: dict[str, Any]) -> None:
+    """Reject configs whose vision tower the lens cannot trace, before building them."""
+    v = cfg.get("vision_cfg", {})
+    reason = None
+    if "timm_model_name" in v:
+        reason = f"its vision tower is a timm model ({v['timm_model_name']})"
+    elif isinstance(v.get("layers"), list | tuple):
+        reason = "its vision tower is a ModifiedResNet"
+    elif v.get("attentional_pool") or "multimodal_cfg" in cfg:
+        reason = "its vision tower uses attentional pooling (CoCa)"
+    elif v.get("pool_type", "tok") != "tok":
+        reason = f"its vision tower uses {v['pool_type']!r} pooling instead of the CLS token"
+    if reason:
+        raise UnsupportedModelError(
+            f"model {name!r} is not supported: {reason}; supported: {SUPPORTED}"
+        )
+
+
+def _looks_like_path(s: str) -> bool:
+    return os.sep in s or s.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+def _resolve_tag(name: str, tag: str) -> tuple[str, dict[str, Any]]:
+    """(clean tag, open_clip's pretrained config) of ``tag``, else ``UnknownModelError``."""
+    from open_clip.pretrained import _clean_tag, get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, tag)
+    if cfg:
+        return _clean_tag(tag), cfg
+    tags = list_pretrained_tags(name)
+    if not tags:
+        raise UnknownModelError(
+            f"model {name!r} has no pretrained tags in open_clip; use pretrained=None "
+            "(random weights) or checkpoint=PATH"
+        )
+    close = difflib.get_close_matches(_clean_tag(tag), tags, n=3, cutoff=0.4)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise UnknownModelError(
+        f"unknown pretrained tag {tag!r} for model {name!r}{hint}; valid tags: {', '.join(tags)}"
+    )
