@@ -33,7 +33,8 @@ from solens.lens.second_order import (
 )
 from solens.models.model import Model
 from solens.store.images import FolderImages, SynthImages, images_record, iter_batches, open_images
-from solens.store.run import FORMAT_VERSION, MANIFEST, ArraySpec, Run, RunWriter, layer_dir, now
+from solens.store.protocol import ArraySpec, Manifest
+from solens.store.run import FORMAT_VERSION, MANIFEST, Run, RunWriter, layer_dir, now
 
 CHUNK_TARGET_BYTES = 128 * 2**20
 """Default chunk: about this many bytes of per-image arrays (all layers)."""
@@ -104,11 +105,11 @@ def default_chunk_size(arrays: dict[str, ArraySpec], batch_size: int) -> int:
 
 
 def _existing_chunk_size(out: Path) -> int | None:
-    import json
-
+    """The chunk size of the run already at ``out`` (None when there is none it reads;
+    ``RunWriter.open`` then reports why)."""
     try:
-        return int(json.loads((out / MANIFEST).read_text())["chunk_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return Manifest.read(out / MANIFEST).chunk_size
+    except InputError:
         return None
 
 
@@ -178,7 +179,7 @@ def run_effects(
             "chunks": len(pending),
             "candidates": sum(len(range(*writer.chunk_range(k))) for k in pending),
         }
-        writer.update(sessions=[*writer.manifest.get("sessions", []), session])
+        writer.update(sessions=[*writer.manifest.sessions, session])
         t1 = time.perf_counter()
         _compute(model, source, layers, writer, pending, grams, arrays, batch_size, preprocess,
                  progress, workers, on_chunk)  # fmt: skip
@@ -188,14 +189,14 @@ def run_effects(
             seconds=round(seconds, 3),
             images_per_s=round(session["candidates"] / seconds, 2) if seconds > 0 else None,
         )
-        chunk_s = sum(c.get("seconds") or 0.0 for c in writer.manifest["chunks"])
+        chunk_s = sum(c.seconds or 0.0 for c in writer.manifest.chunks)
         writer.finish(
             setup_s=round(t0 - t_setup, 3),
             directions_s=round(t_dirs, 3),
             compute_s=round(chunk_s, 3),  # summed over chunks, across resumptions
             images_per_s=round(writer.n_candidates / chunk_s, 2) if chunk_s > 0 else None,
         )
-        n_images = writer.manifest["n_images"]
+        n_images = writer.manifest.n_images
     if n_images == 0 and writer.n_candidates > 0:
         raise InputError(
             f"none of the {writer.n_candidates} images could be decoded "
