@@ -61,7 +61,8 @@ def model_identity(model: Model) -> dict[str, Any]:
 
 
 def default_preprocess(model: Model) -> Callable[[Any], torch.Tensor]:
-    """The model's preprocessing, or open_clip's eval transform at the model's image size."""
+    """The model's preprocessing, or open_clip's eval transform at the model's image size:
+    PIL image -> Tensor [3, S, S] float32 (S = ``model.info.image_size``)."""
     if model.preprocess is not None:
         return model.preprocess
     from open_clip.transform import image_transform
@@ -75,7 +76,9 @@ def describe_preprocess(preprocess: Any) -> str:
 
 
 def layer_arrays(model: Model, layers: Sequence[int]) -> dict[str, ArraySpec]:
-    """Per-image arrays of a run and their row shapes."""
+    """Per-image arrays of a run and their row shapes (``tail``): ``embeddings`` [d],
+    ``inv_sigma_post`` [], and per layer l ``layer-LL/s`` [N, P], ``layer-LL/offset`` [d],
+    ``layer-LL/norms`` [N] (N = d_mlp, P = (n_layers - l - 1) * n_heads, d = d_embed)."""
     i = model.info
     d = i.d_embed
     out = {"embeddings": ArraySpec((d,)), "inv_sigma_post": ArraySpec(())}
@@ -128,6 +131,10 @@ def run_effects(
     on_chunk: Callable[[int], None] | None = None,
 ) -> Run:
     """Compute (or resume) the run folder ``out`` for ``layers`` over ``images``.
+
+    Stores per image ``embeddings`` [d] and ``inv_sigma_post`` [], per layer ``s`` [N, P],
+    ``offset`` [d] and ``norms`` [N] (``layer_arrays``), and per layer the directions
+    [N, P, d] of both conventions (format: ``docs/run-format.md``).
 
     ``images``: a dataset or a spec for ``open_images``. ``chunk_size`` defaults to the
     existing run's, else about 128 MiB of rows. ``extra`` is recorded in the manifest

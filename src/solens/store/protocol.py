@@ -459,7 +459,10 @@ class StatsMeta(_Document):
     Written last (it marks the statistics complete). ``k`` top images per neuron
     (``top_percent`` when k came from ``--top-percent``, else None) over ``n_images`` run
     rows, ``n_neurons`` neurons of source ``layer``; ``run_id`` and ``model`` of the run;
-    ``arrays``: name -> shape and dtype of ``<name>.npy`` in the same folder.
+    ``arrays``: name -> shape and dtype of ``<name>.npy`` in the same folder: ``mean_coef``
+    [N, P], ``phi_bar`` [N, d], ``centred_norms`` [n_images, N], ``top_indices`` [N, k]
+    int64, ``top_norms`` [N, k], ``tau`` [N], ``r`` [N, d], ``r_coef`` [N, P],
+    ``var_topk`` / ``var_all`` / ``total_var`` [N] (float32 unless noted).
     """
 
     FORMAT: ClassVar[str] = "solens-stats"
@@ -515,8 +518,8 @@ class Term:
 class NeuronDescription:
     """One neuron of a ``DescriptionsDoc``: ``terms`` by |coef|, largest first; ``cosine``
     of the OMP reconstruction of r_n; ``tau``, ``var_topk``, ``var_all``, ``total_var``
-    from the statistics; ``top_images``: run rows of the k largest centred norms, largest
-    first."""
+    from the statistics; ``top_images`` [k]: run rows of the k largest centred norms,
+    largest first."""
 
     neuron: int
     terms: list[Term]
