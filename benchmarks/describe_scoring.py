@@ -24,6 +24,7 @@ from solens.describe.describe import describe_run
 from solens.groundtruth.score import score_run, summary
 from solens.models.model import Model
 from solens.store import run_effects
+from solens.store.protocol import DescriptionsDoc
 from solens.tiny.model import as_model, load_clip
 
 
@@ -67,11 +68,12 @@ def main() -> None:
     t1 = time.perf_counter()
     desc = None
     if a.descriptions:  # {layer: a `solens describe` document of that layer}
-        desc = {int(l): d for l, d in json.loads(Path(a.descriptions).read_text()).items()}
+        desc = {int(l): DescriptionsDoc.from_dict(d, source=a.descriptions)
+                for l, d in json.loads(Path(a.descriptions).read_text()).items()}
     if a.describe:
         docs = describe_run(run, a.pool, a.layers, model=model, n_terms=a.omp_terms,
                             nonneg=a.nonneg, k=a.k)
-        desc = {d["layer"]: d for d in docs}
+        desc = {d.layer: d for d in docs}
     res = score_run(run, a.layers, desc, model, a.pool, a.k, reduce=a.reduce,
                     omp_terms_n=a.omp_terms, nonneg=a.nonneg, order=a.order, gt_from=a.gt_from)
     t2 = time.perf_counter()

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from solens.store.protocol import Manifest
+
 RESULTS = Path(__file__).parent / "results" / "effects_memory.json"
 
 
@@ -97,17 +99,17 @@ def run_effects(args: argparse.Namespace, images: Path, out: Path) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"solens effects failed ({proc.returncode}): {stderr.strip()[-2000:]}")
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = Manifest.read(out / "manifest.json")
     return {
-        "n_images": manifest["n_images"],
-        "chunk_size": manifest["chunk_size"],
-        "chunks": len(manifest["chunks"]),
+        "n_images": manifest.n_images,
+        "chunk_size": manifest.chunk_size,
+        "chunks": len(manifest.chunks),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
         # sampled RSS once the first chunk is on disk (streaming phase), first and last
         "rss_streaming_mb": _streaming(samples),
         "wall_s": round(wall, 2),
-        "compute_s": manifest["timings"]["compute_s"],
-        "images_per_s": manifest["timings"]["images_per_s"],
+        "compute_s": manifest.timings["compute_s"],
+        "images_per_s": manifest.timings["images_per_s"],
         "stdout": stdout.strip(),
     }
 

@@ -13,7 +13,6 @@ from solens.describe.describe import (
     describe_run,
     descriptions_path,
     load_descriptions,
-    model_for_run,
     neuron_report,
 )
 from solens.describe.omp import omp, prepare_dictionary
@@ -55,27 +54,27 @@ def test_describe_api_matches_omp_of_r(env) -> None:
     doc = docs[0]
     path = descriptions_path(run, "words", 2)
     assert path.exists() and path.with_suffix(".md").exists()
-    assert json.loads(path.read_text())["neurons"][0] == doc["neurons"][0]
-    assert doc["layer"] == 2 and doc["k"] == 4 and doc["method"] == "omp"
-    assert doc["pool"]["n_texts"] == len(WORDS) and len(doc["neurons"]) == 128
+    assert json.loads(path.read_text()) == doc.to_dict()
+    assert doc.layer == 2 and doc.k == 4 and doc.method == "omp"
+    assert doc.pool.n_texts == len(WORDS) and len(doc.neurons) == 128
     st = load_stats(run, 2)
     D, _ = prepare_dictionary(embed_pool(env["model"], load_pool(env["pool"])))
     res = omp(D, np.asarray(st.r, np.float64), 6)
     for n in (0, 17, 127):
-        e = doc["neurons"][n]
-        assert [t["text"] for t in e["terms"]] == [WORDS[i] for i, _ in res.terms(n)]
-        assert [t["index"] for t in e["terms"]] == [i for i, _ in res.terms(n)]
-        assert e["top_images"] == st.top_indices[n].tolist()
-        assert e["tau"] == pytest.approx(float(st.tau[n]), rel=1e-5)
-        abs_coefs = [abs(t["coef"]) for t in e["terms"]]
+        e = doc.neurons[n]
+        assert [t.text for t in e.terms] == [WORDS[i] for i, _ in res.terms(n)]
+        assert [t.index for t in e.terms] == [i for i, _ in res.terms(n)]
+        assert e.top_images == st.top_indices[n].tolist()
+        assert e.tau == pytest.approx(float(st.tau[n]), rel=1e-5)
+        abs_coefs = [abs(t.coef) for t in e.terms]
         assert abs_coefs == sorted(abs_coefs, reverse=True)
     rep = neuron_report(run, 2, 17, "words")
-    assert rep["terms"] == doc["neurons"][17]["terms"]
+    assert rep["terms"] == [t.to_dict() for t in doc.neurons[17].terms]
     assert len(rep["top_image_paths"]) == 4 and rep["top_image_paths"][0].endswith(".png")
 
 
-def test_model_for_run_reloads_local_dir(env) -> None:
-    m = model_for_run(env["run"])
+def test_run_load_model_reloads_local_dir(env) -> None:
+    m = env["run"].load_model()
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(m.encode_image(x), env["model"].encode_image(x))
 
@@ -87,12 +86,12 @@ def test_cli_describe_and_show(env, capsys) -> None:
     out = capsys.readouterr().out
     assert "NNOMP" in out and "words-nonneg-layer-01.json" in out
     doc = load_descriptions(run, "words", 1, nonneg=True)
-    assert doc["method"] == "nnomp" and doc["k"] == 3
-    assert all(t["coef"] > 0 for e in doc["neurons"] for t in e["terms"])
+    assert doc.method == "nnomp" and doc.k == 3
+    assert all(t.coef > 0 for e in doc.neurons for t in e.terms)
     main(["show", str(run), "1", "5", "--pool", str(env["pool"]), "--nonneg"])
     out = capsys.readouterr().out
     assert "layer 1 neuron 5" in out and "tau=" in out and "nnomp" in out
-    assert doc["neurons"][5]["terms"][0]["text"] in out
+    assert doc.neurons[5].terms[0].text in out
     main(["show", str(run), "2", "5", "--pool", "world"])
     assert "no 'world' descriptions" in capsys.readouterr().out
 
@@ -111,3 +110,64 @@ def test_cli_errors(env, capsys, args, message) -> None:
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("solens: error:") and message in err[0]
+
+
+def test_v1_descriptions_read_through_descriptions_doc(tmp_path) -> None:
+    from solens.groundtruth.score import description_terms
+
+    """A descriptions file as solens 0.1.0 wrote it reads as ``DescriptionsDoc``; its
+    ``to_dict()`` is the original dict; versions this solens does not read are refused in
+    one line naming the file."""
+    from solens.describe.describe import summary_rows
+    from solens.errors import InputError
+    from solens.store.protocol import DescriptionsDoc, NeuronDescription, PoolRecord, Term
+
+    from .store_helpers import write_v1_run
+
+    v1 = write_v1_run(tmp_path / "run", tmp_path / "imgs")
+    run = Run.open(tmp_path / "run")
+    doc = load_descriptions(run, "words", 1)
+    want = v1["descriptions"]
+    assert isinstance(doc, DescriptionsDoc) and doc.to_dict() == want
+    assert list(doc.to_dict()) == list(want)
+    assert DescriptionsDoc.from_dict(want) == doc
+    assert doc.pool == PoolRecord("words", "", 4, "c" * 64) and doc.method == "omp"
+    assert doc.neurons[2] == NeuronDescription(
+        2, [Term("dog", 2, 1.5), Term("cat", 3, 0.125)], 0.75,
+        want["neurons"][2]["tau"], 0.9, 0.6, 0.1, [3, 0])  # fmt: skip
+    assert description_terms(doc) == {0: ["sea", "cat"], 1: ["ship", "cat"],
+                                      2: ["dog", "cat"]}  # fmt: skip
+    assert summary_rows(doc)["mean_cosine"] == pytest.approx(0.75)
+    rep = neuron_report(run, 1, 2, "words")
+    assert rep["terms"] == want["neurons"][2]["terms"] and rep["cosine"] == 0.75
+    assert rep["top_image_paths"] == ["dog/img4.png", "cat/img1.png"]  # rows 3, 0
+    doc.write(tmp_path / "d.json")
+    assert (tmp_path / "d.json").read_text() == json.dumps(want, separators=(",", ":")) + "\n"
+    path = descriptions_path(run, "words", 1)
+    for change, message in [({"version": 2}, "version 2, newer than this solens"),
+                            ({"version": 0}, "re-run `solens describe`"),
+                            ({"format": "x"}, "not a solens descriptions document"),
+                            ({"method": "lasso"}, "unknown method 'lasso'")]:
+        path.write_text(json.dumps({**want, **change}))
+        with pytest.raises(InputError, match=message) as e:
+            load_descriptions(run, "words", 1)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(InputError, match="run `solens describe` first"):
+        load_descriptions(run, "words", 2)
+
+
+def test_describe_allow_partial_reaches_the_statistics(env, tmp_path) -> None:
+    imgs = image_folder(tmp_path / "images", n=6, extras=False)
+
+    def crash(k: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_effects(env["model"], imgs, [2], tmp_path / "run", chunk_size=3, progress=False,
+                    workers=1, on_chunk=crash)
+    run = Run.open(tmp_path / "run")
+    with pytest.raises(Exception, match="incomplete"):
+        describe_run(run, str(env["pool"]), model=env["model"], n_terms=2, k=2)
+    docs = describe_run(run, str(env["pool"]), model=env["model"], n_terms=2, k=2,
+                        allow_partial=True)
+    assert docs[0].n_images == 3 and len(docs[0].neurons) == 128

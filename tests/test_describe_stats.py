@@ -111,3 +111,52 @@ def test_constant_neuron_has_zero_direction() -> None:
     st = neuron_stats(source, u, 2, 6)
     assert np.all(st.r[1] == 0) and st.var_all[1] == 0 and st.tau[1] == 0
     assert abs(np.linalg.norm(st.r[0]) - 1) < 1e-6 and 0 < st.var_all[0] <= 1
+
+
+def test_v1_stats_json_reads_through_stats_meta(tmp_path) -> None:
+    """stats.json as solens 0.1.0 wrote it: read as ``StatsMeta``, written back unchanged;
+    a newer version is refused with a one-line error, and ``has_stats`` treats it as absent
+    (``describe`` recomputes)."""
+    import json
+
+    from solens.store.protocol import ArrayInfo, StatsMeta
+    from tests.store_helpers import write_v1_run
+
+    v1 = write_v1_run(tmp_path / "run", tmp_path / "imgs")
+    run = Run.open(tmp_path / "run")
+    assert has_stats(run, 1) and has_stats(run, 1, k=2) and not has_stats(run, 1, k=3)
+    st = load_stats(run, 1)
+    assert isinstance(st.meta, StatsMeta) and st.meta.to_dict() == v1["stats"]
+    assert st.k == 2 and st.n_images == 4 and st.layer == 1 and st.n_neurons == 3
+    assert st.meta.arrays["top_indices"] == ArrayInfo((3, 2), "int64")
+    assert st.meta.top_percent is None and st.meta.run_id == run.run_id
+    for name in ("r", "top_indices", "tau", "centred_norms"):
+        np.testing.assert_array_equal(getattr(st, name), v1["arrays"][name])
+    path = tmp_path / "run" / "layer-01" / "stats" / "stats.json"
+    st.meta.write(tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text()) == v1["stats"]
+    for version, message in [(2, "version 2, newer than this solens"),
+                             (0, "version 0; this solens .* reads solens-stats version 1 only; "
+                                 "recompute them with `solens describe --recompute-stats`")]:
+        path.write_text(json.dumps({**v1["stats"], "version": version}))
+        with pytest.raises(InputError, match=message) as e:
+            load_stats(run, 1)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+        assert not has_stats(run, 1)
+    path.write_text(json.dumps({**v1["stats"], "run_id": "another"}))
+    with pytest.raises(InputError, match="no up-to-date statistics"):
+        load_stats(run, 1)
+
+
+def test_saved_stats_json_keeps_the_v1_layout(small_run: Run) -> None:
+    import json
+
+    compute_stats(small_run, 0, k=4)
+    path = small_run.path / "layer-00" / "stats" / "stats.json"
+    d = json.loads(path.read_text())
+    assert list(d) == ["format", "version", "layer", "k", "top_percent", "n_images",
+                       "n_neurons", "convention", "run_id", "model", "solens_version",
+                       "created", "arrays"]  # fmt: skip
+    assert d["format"] == "solens-stats" and d["version"] == 1 and d["k"] == 4
+    assert d["arrays"]["top_indices"] == {"shape": [128, 4], "dtype": "int64"}
+    assert d["run_id"] == small_run.run_id and d["model"] == small_run.model

@@ -197,7 +197,7 @@ def test_kill_9_then_resume_gives_identical_arrays(tmp_path, local_model, capsys
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     partial = Run.open(killed)
-    assert not partial.complete and 3 <= len(partial.manifest["chunks"]) < 15
+    assert not partial.complete and 3 <= len(partial.manifest.chunks) < 15
     code, _, err = run_cli(effects_args(local_model, images, killed, *opts), capsys)
     assert code == 0, err
     full = tmp_path / "full"
@@ -206,8 +206,8 @@ def test_kill_9_then_resume_gives_identical_arrays(tmp_path, local_model, capsys
     a, b = Run.open(killed), Run.open(full)
     assert a.complete and a.n_images == b.n_images == 43
     assert a.image_paths == b.image_paths and a.skipped == b.skipped
-    assert [c["rows"] for c in a.manifest["chunks"]] == [c["rows"] for c in b.manifest["chunks"]]
-    for name in b.manifest["arrays"]:
+    assert [c.rows for c in a.manifest.chunks] == [c.rows for c in b.manifest.chunks]
+    for name in b.manifest.arrays:
         np.testing.assert_array_equal(np.asarray(a.array(name)), np.asarray(b.array(name)))
     for conv in ("exact", "official"):
         np.testing.assert_array_equal(a.layer(2).directions(conv), b.layer(2).directions(conv))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -206,11 +207,7 @@ def test_direct_directions_match_direct_contributions() -> None:
 def test_description_forms_and_chance() -> None:
     """Two forms only: a `solens describe` document, or neuron -> texts; nothing is guessed."""
     assert description_terms({0: ["ship", "sea"], 2: ["cow"]}) == {0: ["ship", "sea"], 2: ["cow"]}
-    doc = {"format": "solens-descriptions", "layer": 3, "neurons": [  # solens describe
-        {"neuron": 0, "terms": [{"text": "sea", "index": 7, "coef": -0.4},
-                                {"text": "boat", "index": 2, "coef": 0.1}], "cosine": 0.9}]}
-    assert description_terms(doc) == {0: ["sea", "boat"]}
-    for bad in ({"0": [[3, 0.5, "ship"]]}, {"neurons": [{"neuron": 0, "words": ["a"]}]},
+    for bad in ({"0": [[3, 0.5, "ship"]]}, {"neurons": [{"neuron": 0, "terms": [{"text": "a"}]}]},
                 [["a"], ["b"]]):
         with pytest.raises(InputError):
             description_terms(bad)
@@ -224,6 +221,7 @@ def test_score_layer_end_to_end_on_a_small_synth_run(tmp_path) -> None:
     from solens.describe.pools import make_pool
     from solens.groundtruth.score import score_layer, score_run
     from solens.store import run_effects
+    from solens.store.protocol import DescriptionsDoc, NeuronDescription, PoolRecord, Term
     from solens.synth.world import concept_words
 
     model = tiny_model(dtype=torch.float32)
@@ -237,13 +235,20 @@ def test_score_layer_end_to_end_on_a_small_synth_run(tmp_path) -> None:
     assert out["n_neurons"] == model.info.d_mlp and len(out["neurons"]) == model.info.d_mlp
     assert set(out["baselines"]) == {"direct", "dissect", "chance"}
     assert all(len(r["terms"]["direct"]) > 0 for r in out["neurons"])
-    doc = {"layer": 2, "n_terms": 3, "method": "nnomp",
-           "neurons": [{"neuron": n, "terms": [{"text": "sea"}]} for n in range(128)]}
+    doc = DescriptionsDoc(
+        run_id=run.run_id, layer=2, pool=PoolRecord("world", "", len(pool), pool.content_hash),
+        method="nnomp", n_terms=3,
+        neurons=[NeuronDescription(n, [Term("sea", 0, 1.0)], 1.0, 0.0, 0.0, 0.0, 0.0, [])
+                 for n in range(model.info.d_mlp)])  # fmt: skip
     given = score_layer(run, 2, doc, model, pool, k=6, pool_embeddings=emb)
     assert given["settings"]["omp_terms"] == 3 and given["settings"]["nonneg"] is True
     assert all(r["terms"]["second_order"] == ["sea"] for r in given["neurons"])
     with pytest.raises(InputError, match="layer 1 given for layer 2"):
-        score_layer(run, 2, {"layer": 1, "neurons": []}, model, pool, k=6, pool_embeddings=emb)
+        score_layer(run, 2, dataclasses.replace(doc, layer=1), model, pool, k=6,
+                    pool_embeddings=emb)
+    with pytest.raises(InputError, match="descriptions of run other"):
+        score_layer(run, 2, dataclasses.replace(doc, run_id="other"), model, pool, k=6,
+                    pool_embeddings=emb)
     allr = score_run(run, None, None, model, pool, k=6, pool_embeddings=emb, alpha=0.5,
                      min_enrichment=1.5)
     assert set(allr["layers"]) == {"1", "2"}

@@ -329,17 +329,17 @@ def test_run_effects_resumes_after_crash_identically(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_effects(model, root, [0, 2], tmp_path / "part", on_chunk=crash, **kw)
     part = Run.open(tmp_path / "part")
-    assert not part.complete and [c["index"] for c in part.manifest["chunks"]] == [0, 1, 2]
+    assert not part.complete and [c.index for c in part.manifest.chunks] == [0, 1, 2]
     resumed = run_effects(
         model, root, [0, 2], tmp_path / "part", batch_size=4, progress=False
     )  # chunk size from the manifest; batch size free
-    assert resumed.complete and resumed.manifest["chunk_size"] == 3
-    sessions = resumed.manifest["sessions"]
+    assert resumed.complete and resumed.manifest.chunk_size == 3
+    sessions = resumed.manifest.sessions
     assert [s["finished"] is None for s in sessions] == [True, False]  # killed, resumed
-    assert resumed.manifest["resumed"] and resumed.manifest["timings"]["images_per_s"] > 0
+    assert resumed.manifest.resumed and resumed.manifest.timings["images_per_s"] > 0
     assert resumed.image_paths == full.image_paths and resumed.labels == full.labels
     assert resumed.skipped == full.skipped and len(full.skipped) == 1
-    for name in full.manifest["arrays"]:
+    for name in full.manifest.arrays:
         np.testing.assert_allclose(
             np.asarray(resumed.array(name)), np.asarray(full.array(name)), rtol=1e-6, atol=1e-7
         )
@@ -395,7 +395,7 @@ def test_run_effects_on_synth_scenes(tmp_path):
     run = run_effects(model, "synth:balanced:5:1", [2], tmp_path / "r", batch_size=4,
                       progress=False)  # fmt: skip
     scenes = sample(5, "balanced", 1)
-    assert run.manifest["dataset"]["kind"] == "synth" and run.n_images == 5
+    assert run.manifest.dataset["kind"] == "synth" and run.n_images == 5
     assert run.labels == [s.label for s in scenes]
     assert run.image_paths[0] == "synth:balanced:1:0000000"
     x = torch.stack([model.preprocess(s.image.convert("RGB")) for s in scenes])
@@ -409,3 +409,149 @@ def test_a_run_killed_while_being_created_can_start_again(tmp_path):
     (tmp_path / "r" / "images.json").write_text("{}")
     _write(tmp_path / "r", 3, 2, set())
     assert Run.open(tmp_path / "r").n_images == 3
+
+
+# --- protocol: documents written by solens 0.1.0, versions, Run methods --------------------
+def test_a_v1_run_folder_reads_through_the_typed_protocol(tmp_path):
+    from solens.store.protocol import ChunkRecord, ImagesRecord, Manifest, SkippedRecord
+    from tests.store_helpers import write_v1_run
+
+    v1 = write_v1_run(tmp_path / "run", tmp_path / "imgs")
+    run = Run.open(tmp_path / "run")
+    m = run.manifest
+    assert isinstance(m, Manifest) and isinstance(run.images_record, ImagesRecord)
+    assert m.to_dict() == v1["manifest"] and run.images_record.to_dict() == v1["images"]
+    assert Manifest.from_dict(v1["manifest"]) == m
+    assert m.format_version == 1 and m.run_id == run.run_id == "0123456789abcdef"
+    assert m.chunks[0] == ChunkRecord(0, 0, 3, 2, [1], 0.5) and m.chunk_size == 3
+    assert m.skipped == [SkippedRecord(1, "cat/img3.png", "OSError: truncated")]
+    assert m.arrays["layer-01/s"].tail == (3, 2) and m.resumed and m.sessions[0]["host"] == "h"
+    assert m.identity() == {k: v1["manifest"][k] for k in IDENTITY_KEYS}
+    # convenience properties
+    assert run.complete and run.n_images == 4 and run.layers == [1] and run.n_neurons == 3
+    assert run.row_candidates == [0, 2, 3, 4]
+    assert run.image_paths == ["cat/img1.png", "dog/img0.png", "dog/img2.png", "dog/img4.png"]
+    assert run.labels == ["cat", "dog", "dog", "dog"] and run.classes == ["cat", "dog"]
+    assert run.skipped == v1["manifest"]["skipped"] and run.model["d_mlp"] == 3
+    np.testing.assert_array_equal(np.asarray(run.layer(1).s), v1["arrays"]["layer-01/s"])
+    np.testing.assert_array_equal(run.layer(1).directions(), v1["arrays"]["directions-exact"])
+    # written back: the same keys with the same values
+    m.write(tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == v1["manifest"]
+    run.images_record.write(tmp_path / "i.json")
+    assert json.loads((tmp_path / "i.json").read_text()) == v1["images"]
+    # a v1 run resumes with its own identity (nothing pending) and stays readable
+    ident = {k: v1["manifest"][k] for k in IDENTITY_KEYS}
+    with RunWriter.open(tmp_path / "run", ident, v1["images"]) as w:
+        assert w.pending() == [] and len(w.manifest.resumed) == 2
+        w.finish()
+    again = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert {k: again[k] for k in ("chunks", "skipped", "static", "arrays")} == {
+        k: v1["manifest"][k] for k in ("chunks", "skipped", "static", "arrays")
+    }
+
+
+def _edit_json(path: Path, **changes) -> None:
+    d = json.loads(path.read_text())
+    d.update(changes)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"format_version": 2}, r"format_version 2, newer than this solens .* reads "
+                                r"\(solens-run format_version 1\); upgrade solens"),
+        ({"format_version": 0}, r"format_version 0; this solens .* reads solens-run "
+                                r"format_version 1 only; re-create the run"),
+        ({"format_version": "1"}, r"no valid format_version \(found '1'\)"),
+        ({"format": "other"}, r"not a solens run manifest \(format 'other'"),
+        ({"chunk_size": None}, r"malformed solens run manifest"),
+    ],
+)  # fmt: skip
+def test_manifest_versions_and_errors_name_the_file(tmp_path, capsys, change, message):
+    from solens.cli import main
+    from tests.store_helpers import write_v1_run
+
+    write_v1_run(tmp_path / "run", tmp_path / "imgs")
+    mpath = tmp_path / "run" / "manifest.json"
+    _edit_json(mpath, **change)
+    with pytest.raises(InputError, match=message) as e:
+        Run.open(tmp_path / "run")
+    assert str(mpath) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(InputError, match=message):  # the writer refuses it too
+        RunWriter.open(tmp_path / "run", _identity(5, 3), _images(5))
+    with pytest.raises(SystemExit) as ex:
+        main(["export", str(tmp_path / "run"), "--layer", "1", "--out", str(tmp_path / "e.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ex.value.code == 2 and len(err) == 1 and str(mpath) in err[0]
+
+
+def test_images_json_errors(tmp_path):
+    from tests.store_helpers import write_v1_run
+
+    write_v1_run(tmp_path / "run", tmp_path / "imgs")
+    ipath = tmp_path / "run" / "images.json"
+    _edit_json(ipath, labels=["cat"])
+    with pytest.raises(InputError, match=r"images\.json is a malformed .*1 labels for 5 paths"):
+        Run.open(tmp_path / "run")
+    _edit_json(ipath, labels=None, paths=["a.png"])
+    with pytest.raises(InputError, match="lists 1 candidates"):
+        Run.open(tmp_path / "run")
+    ipath.unlink()
+    with pytest.raises(InputError, match=r"images\.json does not exist"):
+        Run.open(tmp_path / "run")
+
+
+def test_require_complete(tmp_path):
+    _write(tmp_path / "done", 4, 2, set())
+    Run.open(tmp_path / "done").require_complete()
+    with pytest.raises(Crash):
+        _write(tmp_path / "part", 4, 2, set(), crash_after=0)
+    part = Run.open(tmp_path / "part")
+    with pytest.raises(InputError, match=r"incomplete \(2 images so far\); re-run `solens eff"):
+        part.require_complete()
+    part.require_complete(allow_partial=True)
+
+
+def test_run_images_rebuilds_the_folder_dataset(tmp_path):
+    from tests.store_helpers import write_v1_run
+
+    write_v1_run(tmp_path / "run", tmp_path / "imgs")
+    run = Run.open(tmp_path / "run")
+    src = run.images()
+    assert isinstance(src, FolderImages) and src.ids == run.images_record.paths
+    assert src.labels == run.images_record.labels
+    assert src.describe()["fingerprint"] == run.manifest.dataset["fingerprint"]
+    row = 2  # candidate 3
+    im = src.load(run.row_candidates[row])
+    want = Image.open(tmp_path / "imgs" / run.image_paths[row]).convert("RGB")
+    assert np.array_equal(np.asarray(im), np.asarray(want))
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "cat" / "img3.png")  # changed file
+    with pytest.raises(InputError, match="differ from those of run"):
+        run.images()
+    assert run.images(verify=False).ids == src.ids
+    (tmp_path / "imgs" / "dog" / "img4.png").unlink()
+    with pytest.raises(InputError, match=r"changed: .*img4\.png"):
+        run.images()
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    with pytest.raises(InputError, match=r"does not exist any more \(moved or deleted\)"):
+        run.images(verify=False)
+
+
+def test_run_images_rebuilds_the_synth_dataset(tmp_path):
+    from solens.store import SynthImages
+
+    model = tiny_model()
+    run = run_effects(model, "synth:balanced:3:1", [2], tmp_path / "r", progress=False)
+    src = run.images()
+    assert isinstance(src, SynthImages) and src.ids == run.image_paths and len(src) == 3
+    assert src.labels == run.labels
+    mpath = tmp_path / "r" / "manifest.json"
+    spec = run.manifest.dataset
+    _edit_json(mpath, dataset={**spec, "fingerprint": "0" * 64})
+    with pytest.raises(InputError, match="another scene-spec version"):
+        Run.open(tmp_path / "r").images()
+    _edit_json(mpath, dataset={**spec, "spec": "synth:nosplit:3"})
+    with pytest.raises(InputError, match="no longer parses: unknown synthetic split"):
+        Run.open(tmp_path / "r").images()

@@ -29,6 +29,7 @@ from solens.models.loading import load_model
 from solens.models.model import Model
 from solens.store.arrays import save_json_atomic, save_text_atomic
 from solens.store.compute import run_effects
+from solens.store.protocol import DescriptionsDoc
 from solens.synth.captions import class_prompts
 from solens.tiny.evaluate import world_split
 
@@ -119,13 +120,13 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _examples(docs: Sequence[dict[str, Any]], n: int = 6) -> list[str]:
+def _examples(docs: Sequence[DescriptionsDoc], n: int = 6) -> list[str]:
     out = []
     for doc in docs[-2:]:
-        neurons = sorted(doc["neurons"], key=lambda e: -float(e.get("var_topk") or 0))[: n // 2]
+        neurons = sorted(doc.neurons, key=lambda e: -float(e.var_topk or 0))[: n // 2]
         for e in neurons:
-            terms = ", ".join(t["text"] for t in e["terms"][:5])
-            out.append(f"{doc['layer']}, {e['neuron']}: {terms}")
+            terms = ", ".join(t.text for t in e.terms[:5])
+            out.append(f"{doc.layer}, {e.neuron}: {terms}")
     return out
 
 
@@ -211,7 +212,7 @@ def run_demo(
         done()
         done = step("ground-truth scores")
         emb = embed_pool(model, p)
-        scores = score_run(run, layers, {d["layer"]: d for d in docs}, model, p, k,
+        scores = score_run(run, layers, {d.layer: d for d in docs}, model, p, k,
                            pool_embeddings=np.asarray(emb))
         save_json_atomic(out / "describe-scores.json", scores)
         done()

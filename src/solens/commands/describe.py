@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
         from solens.commands.effects import resolve_device
         from solens.describe.describe import describe_run, descriptions_path, summary_rows
         from solens.describe.pools import load_pool
+        from solens.store.protocol import DescriptionsDoc
         from solens.store.run import Run
 
         r = Run.open(run)
@@ -74,16 +75,16 @@ def register(app: typer.Typer) -> None:
             table.add_column(col)
         written: list[Path] = []
 
-        def add(doc: dict) -> None:
+        def add(doc: DescriptionsDoc) -> None:
             s = summary_rows(doc)
-            best = max(doc["neurons"], key=lambda e: e["var_topk"])
-            ex = f"#{best['neuron']}: " + ", ".join(t["text"] for t in best["terms"][:4])
+            best = max(doc.neurons, key=lambda e: e.var_topk)
+            ex = f"#{best.neuron}: " + ", ".join(t.text for t in best.terms[:4])
             table.add_row(
                 str(s["layer"]), str(s["neurons"]), f"{s['mean_cosine']:.3f}",
                 f"{s['mean_var_topk']:.3f}", f"{s['mean_var_all']:.3f}",
                 f"{s['seconds']['stats'] + s['seconds']['omp']:.1f}", ex,
             )
-            written.append(descriptions_path(r, p.name, doc["layer"], nonneg))
+            written.append(descriptions_path(r, p.name, doc.layer, nonneg))
 
         describe_run(
             r, p, layer_list, n_terms=terms, nonneg=nonneg, k=k, top_percent=top_percent,

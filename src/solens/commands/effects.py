@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
                 }
             },
         )
-        t = run.manifest["timings"]
+        t = run.manifest.timings
         typer.echo(
             f"{run.path}: {run.n_images} images ({len(run.skipped)} skipped), "
             f"layers {run.layers}, {t.get('images_per_s')} img/s"

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
             from solens.errors import InputError
 
             raise InputError(f"layer {layer} is not in run {run} (layers {r.layers})")
-        idx = parse_neurons(neurons, int(r.manifest["n_neurons"]))
+        idx = parse_neurons(neurons, r.n_neurons)
         path = export_effects(
             r,
             layer,
@@ -51,5 +51,5 @@ def register(app: typer.Typer) -> None:
             allow_partial=allow_partial,
             progress=progress,
         )
-        n = r.manifest["n_neurons"] if idx is None else len(idx)
+        n = r.n_neurons if idx is None else len(idx)
         typer.echo(f"{path}: [{r.n_images}, {n}, {r.model['d_embed']}] float32 ({convention})")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,11 @@ from torch import Tensor
 
 from solens import __version__
 from solens.errors import InputError
+from solens.store.protocol import ArrayInfo, StatsMeta
 
 STATS_DIR = "stats"
 STATS_META = "stats.json"
-STATS_VERSION = 1
+STATS_VERSION = StatsMeta.VERSION
 BLOCK_BYTES = 1024 * 2**20
 """Neurons are processed in blocks whose float64 working set (directions [n, P, d],
 second moments [n, P, P], top-k rows [n, 2k, P]) fits this budget."""
@@ -76,7 +77,8 @@ class NeuronStats:
     var_topk: np.ndarray
     var_all: np.ndarray
     total_var: np.ndarray
-    meta: dict[str, Any] | None = None
+    meta: StatsMeta | None = None
+    """``stats.json`` of stored statistics (set by ``compute_stats`` / ``load_stats``)."""
 
     @property
     def n_neurons(self) -> int:
@@ -291,11 +293,7 @@ def compute_stats(
 
     run = run if isinstance(run, Run) else Run.open(run)
     run.layer(layer)  # InputError when the layer is not in the run
-    if not run.complete and not allow_partial:
-        raise InputError(
-            f"run {run.path} is incomplete ({run.n_images} images so far); "
-            "re-run `solens effects` with the same arguments to finish it"
-        )
+    run.require_complete(allow_partial)
     k = resolve_k(run.n_images, k, top_percent)
     if model is not None:
         from solens.lens.second_order import directions
@@ -314,77 +312,80 @@ def compute_stats(
     return st
 
 
-def _meta(run: Any, st: NeuronStats, top_percent: float | None) -> dict[str, Any]:
+def _meta(run: Any, st: NeuronStats, top_percent: float | None) -> StatsMeta:
     from solens.store.run import now
 
-    return {
-        "format": "solens-stats",
-        "version": STATS_VERSION,
-        "layer": st.layer,
-        "k": st.k,
-        "top_percent": top_percent,
-        "n_images": st.n_images,
-        "n_neurons": st.n_neurons,
-        "convention": "exact",
-        "run_id": run.manifest.get("run_id"),
-        "model": run.model,
-        "solens_version": __version__,
-        "created": now(),
-        "arrays": {},
-    }
+    return StatsMeta(
+        layer=st.layer,
+        k=st.k,
+        top_percent=top_percent,
+        n_images=st.n_images,
+        n_neurons=st.n_neurons,
+        convention="exact",
+        run_id=run.run_id,
+        model=run.model,
+        solens_version=__version__,
+        created=now(),
+    )
 
 
 def save_stats(run: Any, st: NeuronStats) -> Path:
     """Write the arrays (atomically), then ``stats.json`` last; returns the folder."""
-    from solens.store.arrays import save_json_atomic, save_npy_atomic
+    from solens.store.arrays import save_npy_atomic
 
     folder = stats_dir(run, st.layer)
-    meta = dict(st.meta or _meta(run, st, None))
-    meta["arrays"] = {}
+    meta = replace(st.meta or _meta(run, st, None), arrays={})
     for name in _ARRAYS:
         a = getattr(st, name)
         save_npy_atomic(folder / f"{name}.npy", a)
-        meta["arrays"][name] = {"shape": list(a.shape), "dtype": str(a.dtype)}
-    save_json_atomic(folder / STATS_META, meta)
+        meta.arrays[name] = ArrayInfo(tuple(a.shape), str(a.dtype))
+    meta.write(folder / STATS_META)
     st.meta = meta
     return folder
 
 
-def has_stats(run: Any, layer: int, k: int | None = None) -> bool:
-    """Whether stored statistics exist, match the run (id, image count) and ``k`` if given."""
-    import json
-
+def _stored_meta(run: Any, layer: int) -> StatsMeta | None:
+    """``stats.json`` of ``layer`` if it exists and is up to date for ``run`` (its run id and
+    image count, every array present); ``InputError`` when it is not a record this solens
+    reads."""
     p = stats_dir(run, layer) / STATS_META
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        meta.get("run_id") == run.manifest.get("run_id")
-        and meta.get("n_images") == run.n_images
-        and (k is None or meta.get("k") == k)
+    if not p.is_file():
+        return None
+    meta = StatsMeta.read(p)
+    current = (
+        meta.run_id == run.run_id
+        and meta.n_images == run.n_images
         and all((p.parent / f"{a}.npy").exists() for a in _ARRAYS)
     )
+    return meta if current else None
+
+
+def has_stats(run: Any, layer: int, k: int | None = None) -> bool:
+    """Whether stored statistics exist, match the run (id, image count) and ``k`` if given
+    (False also for a ``stats.json`` this solens does not read: they are recomputed)."""
+    try:
+        meta = _stored_meta(run, layer)
+    except InputError:
+        return False
+    return meta is not None and (k is None or meta.k == k)
 
 
 def load_stats(run: Any, layer: int, mmap: bool = True) -> NeuronStats:
-    """Stored statistics of ``layer`` (``InputError`` if absent or stale)."""
-    import json
-
+    """Stored statistics of ``layer`` (``InputError`` if absent, stale or of a version this
+    solens does not read)."""
     from solens.store.run import Run
 
     run = run if isinstance(run, Run) else Run.open(run)
     run.layer(layer)
     folder = stats_dir(run, layer)
-    if not has_stats(run, layer):
+    meta = _stored_meta(run, layer)
+    if meta is None:
         raise InputError(
             f"no up-to-date statistics for layer {layer} in {run.path}; "
             "run `solens describe` (or solens.describe.compute_stats) first"
         )
-    meta = json.loads((folder / STATS_META).read_text())
     arrays = {
         name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None)
         for name in _ARRAYS
     }
-    scalar = {f.name for f in fields(NeuronStats)} - set(_ARRAYS) - {"meta"}
-    return NeuronStats(**{s: int(meta[s]) for s in scalar}, **arrays, meta=meta)
+    return NeuronStats(layer=meta.layer, k=meta.k, n_images=meta.n_images, **arrays, meta=meta)

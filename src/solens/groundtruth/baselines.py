@@ -94,9 +94,7 @@ def chance_hit(n_pool: int, n_matching: int, m: int) -> float:
 
 def run_rows(run: Run) -> tuple[ImageSource, list[int]]:
     """The run's dataset and, per row of the run, its candidate index in that dataset."""
-    source = run.images()
-    where = {cid: i for i, cid in enumerate(source.ids)}
-    return source, [where[p] for p in run.image_paths]
+    return run.images(), run.row_candidates
 
 
 @torch.no_grad()

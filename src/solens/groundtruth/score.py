@@ -59,6 +59,7 @@ from solens.groundtruth.concepts import (
 from solens.groundtruth.matching import Matcher
 from solens.models.model import Model
 from solens.store.images import SynthImages
+from solens.store.protocol import DescriptionsDoc
 from solens.store.run import Run
 from solens.synth.world import Concept
 
@@ -66,23 +67,23 @@ METHODS: tuple[str, ...] = ("second_order", "direct", "dissect")
 
 
 # --- descriptions ------------------------------------------------------------------------
-def description_terms(descriptions: Any) -> dict[int, list[str]]:
-    """Neuron -> ordered terms of one layer's descriptions: a ``solens describe`` document
-    (``{"neurons": [{"neuron": n, "terms": [{"text": ...}, ...]}, ...]}``) or a mapping
-    neuron -> list of texts. Anything else is an ``InputError``."""
-    if isinstance(descriptions, Mapping) and "neurons" in descriptions:
-        try:
-            return {int(e["neuron"]): [str(t["text"]) for t in e["terms"]]
-                    for e in descriptions["neurons"]}
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"not a descriptions document: neuron entry without {e}") from None
+Descriptions = DescriptionsDoc | Mapping[int, Sequence[str]]
+"""One layer's second-order descriptions: a ``solens describe`` document, or neuron ->
+ordered texts."""
+
+
+def description_terms(descriptions: Descriptions) -> dict[int, list[str]]:
+    """Neuron -> ordered terms of one layer's descriptions (``Descriptions``); anything
+    else is an ``InputError``."""
+    if isinstance(descriptions, DescriptionsDoc):
+        return {e.neuron: [t.text for t in e.terms] for e in descriptions.neurons}
     if isinstance(descriptions, Mapping) and all(
         isinstance(v, Sequence) and all(isinstance(t, str) for t in v)
         for v in descriptions.values()
     ):
         return {int(n): list(v) for n, v in descriptions.items()}
-    raise InputError("descriptions must be a `solens describe` document or a mapping "
-                     "neuron -> list of texts")
+    raise InputError("descriptions must be a `solens describe` document (DescriptionsDoc) "
+                     "or a mapping neuron -> list of texts")
 
 
 # --- scoring -----------------------------------------------------------------------------
@@ -281,19 +282,19 @@ def score_layer(
     if gt_from not in ("second_order", "activation"):
         raise InputError(f"gt_from must be second_order or activation, got {gt_from!r}")
     given = None
+    if isinstance(descriptions, DescriptionsDoc):
+        if descriptions.run_id != run.run_id:
+            raise InputError(f"descriptions of run {descriptions.run_id} given for run "
+                             f"{run.run_id}")
+        if descriptions.layer != layer:
+            raise InputError(f"descriptions of layer {descriptions.layer} given for layer "
+                             f"{layer}")
+        if omp_terms_n is None:
+            omp_terms_n = descriptions.n_terms
+        if nonneg is None:
+            nonneg = descriptions.method == "nnomp"
     if descriptions is not None:
-        meta = descriptions if isinstance(descriptions, Mapping) else {}
-        rid = meta.get("run_id")
-        if rid is not None and rid != run.manifest.get("run_id"):
-            raise InputError(f"descriptions of run {rid} given for run "
-                             f"{run.manifest.get('run_id')}")
-        if isinstance(meta.get("layer"), int) and meta["layer"] != layer:
-            raise InputError(f"descriptions of layer {meta['layer']} given for layer {layer}")
         given = description_terms(descriptions)
-        if omp_terms_n is None and isinstance(meta.get("n_terms"), int):
-            omp_terms_n = meta["n_terms"]
-        if nonneg is None and meta.get("method") in ("omp", "nnomp"):
-            nonneg = meta["method"] == "nnomp"
     omp_terms_n = 10 if omp_terms_n is None else omp_terms_n
     nonneg = bool(nonneg)
     texts, emb, pool_name = _pool(model, pool, pool_embeddings)

@@ -1,5 +1,9 @@
 """solens.store: the on-disk run (manifest + chunked .npy shards), datasets, streaming compute.
 
+The JSON documents of a run folder are typed in ``solens.store.protocol`` (``Manifest``,
+``ImagesRecord``, ``StatsMeta``, ``DescriptionsDoc``); the format is
+``docs/run-format.md``.
+
 >>> run = Run.open("runs/b32")            # doctest: +SKIP
 >>> run.layer(9).s.shape                  # [images, neurons, later heads]  # doctest: +SKIP
 """
@@ -8,15 +12,20 @@ from solens.store.arrays import ChunkedArray
 from solens.store.compute import run_effects
 from solens.store.export import export_effects
 from solens.store.images import FolderImages, SynthImages, open_images
+from solens.store.protocol import DescriptionsDoc, ImagesRecord, Manifest, StatsMeta
 from solens.store.run import LayerView, Run, RunChunk, RunWriter
 
 __all__ = [
     "ChunkedArray",
+    "DescriptionsDoc",
     "FolderImages",
+    "ImagesRecord",
     "LayerView",
+    "Manifest",
     "Run",
     "RunChunk",
     "RunWriter",
+    "StatsMeta",
     "SynthImages",
     "export_effects",
     "open_images",

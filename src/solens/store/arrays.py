@@ -89,7 +89,8 @@ def save_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
-    """``np.save`` that never leaves a partial file at ``path``."""
+    """``np.save`` of ``array`` (any shape and dtype, written C-contiguous, no pickles) that
+    never leaves a partial file at ``path``."""
     arr = np.ascontiguousarray(array)
     _atomic_write(Path(path), lambda f: np.save(f, arr, allow_pickle=False))
 
@@ -132,9 +133,11 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 class ChunkedArray:
     """Read-only array made of ``.npy`` shards concatenated along axis 0 (memory-mapped).
 
-    Indexing with an int, a slice or an integer array along axis 0 reads only the shards
-    it touches; ``np.asarray(view)`` materialises everything. ``chunks()`` yields the
-    memory-mapped shards in order.
+    Shards are [rows_i, *tail] with the same tail and dtype; the view is
+    ``shape = (sum_i rows_i, *tail)``. Indexing with an int ([*tail]), a slice, an integer
+    array or a boolean mask ([m, *tail]) along axis 0 reads only the shards it touches;
+    further indices apply to the tail axes. ``np.asarray(view)`` materialises everything.
+    ``chunks()`` yields the memory-mapped shards in order.
     """
 
     MAX_OPEN = 64
@@ -182,7 +185,7 @@ class ChunkedArray:
         return self.shape[0]
 
     def chunks(self) -> Iterator[np.ndarray]:
-        """The shards, memory-mapped, in row order."""
+        """The shards [rows_i, *tail], memory-mapped, in row order."""
         for i in range(len(self.files)):
             yield self._map(i)
 

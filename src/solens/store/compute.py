@@ -30,22 +30,18 @@ from solens.lens.second_order import (
     norms,
     trace_names,
 )
-from solens.models.model import LOCATION_KEYS, Model, state_sha256
+from solens.models.model import LOCATION_KEYS, Model
 from solens.store.images import FolderImages, SynthImages, images_record, iter_batches, open_images
-from solens.store.run import FORMAT_VERSION, MANIFEST, ArraySpec, Run, RunWriter, layer_dir, now
+from solens.store.protocol import ArraySpec, Manifest
+from solens.store.run import FORMAT_VERSION, MANIFEST, Run, RunWriter, layer_dir, now
 
 CHUNK_TARGET_BYTES = 128 * 2**20
 """Default chunk: about this many bytes of per-image arrays (all layers)."""
 
 
-def weights_sha256(visual: torch.nn.Module) -> str:
-    """Deprecated: use ``Model.weights_sha256``. Kept only for
-    ``solens.describe.describe.model_for_run`` (being moved); remove with that caller."""
-    return state_sha256(visual)
-
-
 def default_preprocess(model: Model) -> Callable[[Any], torch.Tensor]:
-    """The model's preprocessing, or open_clip's eval transform at the model's image size."""
+    """The model's preprocessing, or open_clip's eval transform at the model's image size:
+    PIL image -> Tensor [3, S, S] float32 (S = ``model.info.image_size``)."""
     if model.preprocess is not None:
         return model.preprocess
     from open_clip.transform import image_transform
@@ -59,7 +55,9 @@ def describe_preprocess(preprocess: Any) -> str:
 
 
 def layer_arrays(model: Model, layers: Sequence[int]) -> dict[str, ArraySpec]:
-    """Per-image arrays of a run and their row shapes."""
+    """Per-image arrays of a run and their row shapes (``tail``): ``embeddings`` [d],
+    ``inv_sigma_post`` [], and per layer l ``layer-LL/s`` [N, P], ``layer-LL/offset`` [d],
+    ``layer-LL/norms`` [N] (N = d_mlp, P = (n_layers - l - 1) * n_heads, d = d_embed)."""
     i = model.info
     d = i.d_embed
     out = {"embeddings": ArraySpec((d,)), "inv_sigma_post": ArraySpec(())}
@@ -89,11 +87,11 @@ def default_chunk_size(arrays: dict[str, ArraySpec], batch_size: int) -> int:
 
 
 def _existing_chunk_size(out: Path) -> int | None:
-    import json
-
+    """The chunk size of the run already at ``out`` (None when there is none it reads;
+    ``RunWriter.open`` then reports why)."""
     try:
-        return int(json.loads((out / MANIFEST).read_text())["chunk_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return Manifest.read(out / MANIFEST).chunk_size
+    except InputError:
         return None
 
 
@@ -112,6 +110,10 @@ def run_effects(
     on_chunk: Callable[[int], None] | None = None,
 ) -> Run:
     """Compute (or resume) the run folder ``out`` for ``layers`` over ``images``.
+
+    Stores per image ``embeddings`` [d] and ``inv_sigma_post`` [], per layer ``s`` [N, P],
+    ``offset`` [d] and ``norms`` [N] (``layer_arrays``), and per layer the directions
+    [N, P, d] of both conventions (format: ``docs/run-format.md``).
 
     ``images``: a dataset or a spec for ``open_images``. ``chunk_size`` defaults to the
     existing run's, else about 128 MiB of rows. ``extra`` is recorded in the manifest
@@ -163,7 +165,7 @@ def run_effects(
             "chunks": len(pending),
             "candidates": sum(len(range(*writer.chunk_range(k))) for k in pending),
         }
-        writer.update(sessions=[*writer.manifest.get("sessions", []), session])
+        writer.update(sessions=[*writer.manifest.sessions, session])
         t1 = time.perf_counter()
         _compute(model, source, layers, writer, pending, grams, arrays, batch_size, preprocess,
                  progress, workers, on_chunk)  # fmt: skip
@@ -173,14 +175,14 @@ def run_effects(
             seconds=round(seconds, 3),
             images_per_s=round(session["candidates"] / seconds, 2) if seconds > 0 else None,
         )
-        chunk_s = sum(c.get("seconds") or 0.0 for c in writer.manifest["chunks"])
+        chunk_s = sum(c.seconds or 0.0 for c in writer.manifest.chunks)
         writer.finish(
             setup_s=round(t0 - t_setup, 3),
             directions_s=round(t_dirs, 3),
             compute_s=round(chunk_s, 3),  # summed over chunks, across resumptions
             images_per_s=round(writer.n_candidates / chunk_s, 2) if chunk_s > 0 else None,
         )
-        n_images = writer.manifest["n_images"]
+        n_images = writer.manifest.n_images
     if n_images == 0 and writer.n_candidates > 0:
         raise InputError(
             f"none of the {writer.n_candidates} images could be decoded "

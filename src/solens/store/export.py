@@ -63,18 +63,16 @@ def export_effects(
     """Write phi [n_images, n_neurons, d] float32 of ``layer`` to ``out``; returns ``out``.
 
     ``exact``: contributions to the unnormalised f(I); ``official``: the reference code's
-    ``100/||f||``-scaled arrays. ``neurons`` selects (and orders) neurons.
+    ``100/||f||``-scaled arrays. ``neurons`` selects (and orders) neurons: the file is then
+    [n_images, len(neurons), d]. An incomplete run raises ``InputError`` unless
+    ``allow_partial`` (then its complete chunks are exported).
     """
     from tqdm.auto import tqdm
 
     run = run if isinstance(run, Run) else Run.open(run)
     if convention not in CONVENTIONS:
         raise InputError(f"unknown convention {convention!r}; choose one of {list(CONVENTIONS)}")
-    if not run.complete and not allow_partial:
-        raise InputError(
-            f"run {run.path} is incomplete ({run.n_images} images so far); "
-            "re-run `solens effects` with the same arguments to finish it"
-        )
+    run.require_complete(allow_partial)
     view = run.layer(layer)
     stored = view.directions(convention)  # memory-mapped [N, P, d]
     idx = None if neurons is None else np.asarray(list(neurons), dtype=np.int64)

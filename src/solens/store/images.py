@@ -195,7 +195,8 @@ def open_images(spec: str | Path) -> FolderImages | SynthImages:
 
 
 def images_record(source: FolderImages | SynthImages) -> dict[str, Any]:
-    """What ``RUN/images.json`` stores: root, candidate ids, labels, classes."""
+    """What ``RUN/images.json`` stores (``ImagesRecord.to_dict()``): root, candidate ids
+    [n], labels [n] or None, classes."""
     root = str(source.root.resolve()) if isinstance(source, FolderImages) else None
     return {
         "root": root,
@@ -207,7 +208,9 @@ def images_record(source: FolderImages | SynthImages) -> dict[str, Any]:
 
 @dataclass
 class LoadedBatch:
-    """Decoded, preprocessed candidates ``indices``: tensors for the kept ones."""
+    """Decoded, preprocessed candidates ``indices``: ``pixels`` Tensor [len(kept), 3, S, S]
+    of the ``kept`` ones (None when nothing decoded), ``skipped`` ``{index, path, reason}``
+    for the others."""
 
     indices: list[int]
     kept: list[int]
@@ -231,7 +234,8 @@ def load_batch(
     preprocess: Callable[[Image.Image], Any],
     pool: Executor | None = None,
 ) -> LoadedBatch:
-    """Decode and preprocess candidates ``indices`` (in parallel with ``pool``)."""
+    """Decode and preprocess candidates ``indices`` (in parallel with ``pool``); ``preprocess``
+    maps a PIL image to [3, S, S], the batch's ``pixels`` are [len(kept), 3, S, S]."""
     if pool is None:
         results = [_decode(source, i, preprocess) for i in indices]
     else:
@@ -253,8 +257,9 @@ def iter_batches(
     preprocess: Callable[[Image.Image], Any],
     workers: int | None = None,
 ) -> Iterator[LoadedBatch]:
-    """One ``LoadedBatch`` per group of candidate indices, in order; the next group is
-    decoded (by ``workers`` threads) while the caller computes on the current one."""
+    """One ``LoadedBatch`` (``pixels`` [len(kept), 3, S, S]) per group of candidate indices,
+    in order; the next group is decoded (by ``workers`` threads) while the caller computes
+    on the current one."""
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     if not groups:
         return

@@ -9,38 +9,61 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from solens import __version__
 from solens.errors import InputError, RunMismatchError, SolensError
-from solens.store.arrays import ChunkedArray, remove_stale_tmp, save_json_atomic, save_npy_atomic
+from solens.store.arrays import ChunkedArray, remove_stale_tmp, save_npy_atomic
+from solens.store.protocol import (
+    IDENTITY_KEYS,
+    ArraySpec,
+    ChunkRecord,
+    ImagesRecord,
+    Manifest,
+    SkippedRecord,
+    identity_hash,
+)
 
-FORMAT = "solens-run"
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    import torch
+
+    from solens.models.model import Model
+    from solens.store.images import FolderImages, SynthImages
+
+FORMAT = Manifest.FORMAT
+FORMAT_VERSION = Manifest.VERSION
 MANIFEST = "manifest.json"
 IMAGES = "images.json"
-IDENTITY_KEYS = (
-    "format_version",
-    "model",
-    "weights_sha256",
-    "preprocess",
-    "layers",
-    "dataset",
-    "chunk_size",
-    "arrays",
-)
-"""Manifest fields that must match for a run folder to be resumed."""
+LOCK = ".lock"
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "IDENTITY_KEYS",
+    "IMAGES",
+    "MANIFEST",
+    "ArraySpec",
+    "LayerView",
+    "Run",
+    "RunChunk",
+    "RunWriter",
+    "chunk_file",
+    "identity_hash",
+    "layer_dir",
+    "now",
+    "read_manifest",
+]
 
 
 def now() -> str:
+    """The current UTC time, ISO 8601 to the second (``2025-01-31T12:00:00+00:00``)."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
@@ -50,13 +73,8 @@ def layer_dir(layer: int) -> str:
 
 
 def chunk_file(index: int) -> str:
+    """File name of chunk ``index`` of a per-image array: ``chunk-000003.npy``."""
     return f"chunk-{index:06d}.npy"
-
-
-def identity_hash(identity: Mapping[str, Any]) -> str:
-    """sha256 over the canonical JSON of the identity fields (the run id)."""
-    blob = json.dumps({k: identity.get(k) for k in IDENTITY_KEYS}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _short(v: Any, n: int = 80) -> str:
@@ -76,27 +94,17 @@ def _first_difference(old: Any, new: Any, where: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class ArraySpec:
-    """A per-image array: row shape ``tail`` (without the image axis) and dtype."""
-
-    tail: tuple[int, ...]
-    dtype: str = "float32"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tail": list(self.tail), "dtype": self.dtype}
-
-
 class RunWriter:
     """Create or resume the run folder ``path``; append chunks; mark the run complete.
 
     ``identity`` holds every ``IDENTITY_KEYS`` field (``arrays`` maps array name to
-    ``ArraySpec.to_dict()``); ``images`` is the candidate list
-    ``{"root", "paths", "labels", "classes"}``. Chunk ``k`` covers candidates
+    ``ArraySpec.to_dict()``); ``images`` is the candidate list (an ``ImagesRecord`` or its
+    JSON form ``{"root", "paths", "labels", "classes"}``). Chunk ``k`` covers candidates
     ``[k * chunk_size, min((k + 1) * chunk_size, n))``; its rows are those that decoded.
+    ``manifest`` is the ``Manifest`` as last written.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], lock_fd: int) -> None:
+    def __init__(self, path: Path, manifest: Manifest, lock_fd: int) -> None:
         self.path = path
         self.manifest = manifest
         self._lock_fd = lock_fd
@@ -107,16 +115,21 @@ class RunWriter:
         cls,
         path: str | Path,
         identity: Mapping[str, Any],
-        images: Mapping[str, Any],
+        images: ImagesRecord | Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
     ) -> RunWriter:
         """A new run, or the run at ``path`` if its identity equals ``identity``
-        (else ``RunMismatchError``)."""
+        (else ``RunMismatchError``). ``extra``: further manifest fields (not compared)."""
         path = Path(path)
         missing = [k for k in IDENTITY_KEYS if k not in identity]
         if missing:
             raise ValueError(f"identity lacks {missing}")
         identity = json.loads(json.dumps(dict(identity)))  # canonical (tuples -> lists)
+        record = (
+            images
+            if isinstance(images, ImagesRecord)
+            else ImagesRecord.from_dict(images, source=f"image list for {path}")
+        )
         mpath = path / MANIFEST
         if path.exists() and not path.is_dir():
             raise InputError(f"--out {path} exists and is not a folder")
@@ -133,39 +146,44 @@ class RunWriter:
         lock_fd = _lock(path)
         try:
             if mpath.exists():
-                manifest = _read_manifest(path)
+                manifest = read_manifest(path)
+                existing = manifest.identity()
                 for k in IDENTITY_KEYS:
-                    d = _first_difference(manifest.get(k), identity[k], k)
+                    d = _first_difference(existing[k], identity[k], k)
                     if d:
                         raise RunMismatchError(
                             f"{path} holds a different run ({d}); use another --out or delete it"
                         )
                 remove_stale_tmp(path)
-                manifest["resumed"] = [*manifest.get("resumed", []), now()]
+                manifest.resumed = [*manifest.resumed, now()]
             else:
-                manifest = {
-                    "format": FORMAT,
-                    **identity,
-                    "run_id": identity_hash(identity)[:16],
-                    "solens_version": __version__,
-                    "created": now(),
-                    **dict(extra or {}),
-                    "n_candidates": len(images["paths"]),
-                    "n_images": 0,
-                    "complete": False,
-                    "chunks": [],
-                    "skipped": [],
-                    "static": {},
-                    "timings": {},
-                }
-                save_json_atomic(path / IMAGES, dict(images))
-                save_json_atomic(mpath, manifest)
+                manifest = Manifest.from_dict(
+                    {
+                        "format": FORMAT,
+                        **identity,
+                        "run_id": identity_hash(identity)[:16],
+                        "solens_version": __version__,
+                        "created": now(),
+                        **dict(extra or {}),
+                        "n_candidates": record.n_candidates,
+                        "n_images": 0,
+                        "complete": False,
+                        "chunks": [],
+                        "skipped": [],
+                        "static": {},
+                        "timings": {},
+                    },
+                    source=f"new manifest for {path}",
+                )
+                record.write(path / IMAGES)
+                manifest.write(mpath)
         except BaseException:
             os.close(lock_fd)
             raise
         return cls(path, manifest, lock_fd)
 
     def close(self) -> None:
+        """Release the lock (the manifest on disk is always current)."""
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -179,11 +197,11 @@ class RunWriter:
     # --- state --------------------------------------------------------------------------
     @property
     def chunk_size(self) -> int:
-        return int(self.manifest["chunk_size"])
+        return self.manifest.chunk_size
 
     @property
     def n_candidates(self) -> int:
-        return int(self.manifest["n_candidates"])
+        return self.manifest.n_candidates
 
     @property
     def n_chunks(self) -> int:
@@ -197,7 +215,7 @@ class RunWriter:
     @property
     def done(self) -> set[int]:
         """Indices of complete chunks."""
-        return {int(c["index"]) for c in self.manifest["chunks"]}
+        return {c.index for c in self.manifest.chunks}
 
     def pending(self) -> list[int]:
         """Chunks still to compute, in order."""
@@ -206,9 +224,10 @@ class RunWriter:
 
     # --- writing ------------------------------------------------------------------------
     def write_static(self, name: str, array: np.ndarray, **meta: Any) -> None:
-        """An image-independent array ``RUN/<name>.npy`` (e.g. directions)."""
+        """An image-independent array ``RUN/<name>.npy`` (e.g. directions [N, P, d]);
+        ``meta`` is recorded with its shape and dtype in ``manifest.static[name]``."""
         save_npy_atomic(self.path / f"{name}.npy", array)
-        self.manifest["static"][name] = {
+        self.manifest.static[name] = {
             "shape": list(array.shape),
             "dtype": str(array.dtype),
             **meta,
@@ -216,71 +235,71 @@ class RunWriter:
         self._save()
 
     def has_static(self, name: str) -> bool:
-        return name in self.manifest["static"] and (self.path / f"{name}.npy").exists()
+        """Whether ``RUN/<name>.npy`` is stored and recorded."""
+        return name in self.manifest.static and (self.path / f"{name}.npy").exists()
 
     def write_chunk(
         self,
         index: int,
         arrays: Mapping[str, np.ndarray],
-        skipped: Sequence[Mapping[str, Any]] = (),
+        skipped: Sequence[Mapping[str, Any] | SkippedRecord] = (),
         seconds: float | None = None,
     ) -> None:
-        """Write chunk ``index``: every array in ``manifest["arrays"]`` with the same row count.
+        """Write chunk ``index``: every array of ``manifest.arrays``, each [rows, *tail]
+        with ``rows`` = the chunk's candidates minus ``skipped``.
 
         ``skipped`` lists the candidates of this chunk that were not decoded
         (``{"index", "path", "reason"}``). The manifest is updated after all files.
         """
-        specs = self.manifest["arrays"]
+        specs = self.manifest.arrays
         if set(arrays) != set(specs):
             raise ValueError(f"chunk arrays {sorted(arrays)} != declared {sorted(specs)}")
         start, stop = self.chunk_range(index)
-        rows = stop - start - len(skipped)
+        skip = [s if isinstance(s, SkippedRecord) else SkippedRecord.from_dict(s) for s in skipped]
+        rows = stop - start - len(skip)
         for name, arr in arrays.items():
             spec = specs[name]
-            want = (rows, *spec["tail"])
+            want = (rows, *spec.tail)
             if tuple(arr.shape) != want:
                 raise ValueError(f"{name}: chunk {index} has shape {arr.shape}, expected {want}")
-            arr = arr.astype(spec["dtype"], copy=False)
+            arr = arr.astype(spec.dtype, copy=False)
             save_npy_atomic(self.path / name / chunk_file(index), arr)
         m = self.manifest
-        m["chunks"] = sorted(
-            [c for c in m["chunks"] if c["index"] != index]
-            + [
-                {
-                    "index": index,
-                    "start": start,
-                    "stop": stop,
-                    "rows": rows,
-                    "skipped": sorted(int(s["index"]) for s in skipped),
-                    "seconds": None if seconds is None else round(seconds, 4),
-                }
-            ],
-            key=lambda c: c["index"],
+        record = ChunkRecord(
+            index=index,
+            start=start,
+            stop=stop,
+            rows=rows,
+            skipped=sorted(s.index for s in skip),
+            seconds=None if seconds is None else round(seconds, 4),
         )
-        others = [s for s in m["skipped"] if not start <= s["index"] < stop]
-        m["skipped"] = sorted(others + [dict(s) for s in skipped], key=lambda s: s["index"])
-        m["n_images"] = sum(c["rows"] for c in m["chunks"])
+        m.chunks = sorted([c for c in m.chunks if c.index != index] + [record],
+                          key=lambda c: c.index)  # fmt: skip
+        others = [s for s in m.skipped if not start <= s.index < stop]
+        m.skipped = sorted(others + skip, key=lambda s: s.index)
+        m.n_images = sum(c.rows for c in m.chunks)
         self._save()
 
     def finish(self, **timings: Any) -> None:
         """Record timings; mark complete when every chunk is written."""
-        self.manifest["timings"].update(timings)
-        self.manifest["complete"] = not self.pending()
-        if self.manifest["complete"]:
-            self.manifest["finished"] = now()
+        self.manifest.timings.update(timings)
+        self.manifest.complete = not self.pending()
+        if self.manifest.complete:
+            self.manifest.finished = now()
         self._save()
 
     def update(self, **fields: Any) -> None:
-        self.manifest.update(fields)
+        """Set manifest fields by JSON key (``Manifest.update``) and save."""
+        self.manifest.update(**fields)
         self._save()
 
     def _save(self) -> None:
-        self.manifest["updated"] = now()
-        save_json_atomic(self.path / MANIFEST, self.manifest)
+        self.manifest.updated = now()
+        self.manifest.write(self.path / MANIFEST)
 
 
 def _lock(path: Path) -> int:
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -289,27 +308,20 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    mpath = Path(path) / MANIFEST
-    try:
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} is not a solens run folder (no {MANIFEST})") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{mpath} is not valid JSON: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"{mpath} is not a solens run manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(
-            f"{mpath} has format version {manifest.get('format_version')}; "
-            f"this solens reads version {FORMAT_VERSION}"
-        )
-    return manifest
+def read_manifest(path: str | Path) -> Manifest:
+    """The manifest of the run folder ``path`` (``InputError`` when there is none or it is
+    not a manifest this solens reads)."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise InputError(f"{path} is not a solens run folder (no {MANIFEST})")
+    return Manifest.read(mpath)
 
 
 @dataclass
 class LayerView:
-    """Per-layer arrays of a run (rows = images in manifest order)."""
+    """Per-layer arrays of a run (rows = images in manifest order): ``s`` [n, N, P],
+    ``offset`` [n, d], ``norms`` [n, N]; ``directions(convention)`` [N, P, d]."""
 
     layer: int
     s: ChunkedArray  # [n, N, P]
@@ -324,7 +336,11 @@ class LayerView:
 
 @dataclass
 class RunChunk:
-    """One complete chunk of a run, memory-mapped: rows ``start:stop`` of the run."""
+    """One complete chunk of a run, memory-mapped: rows ``start:stop`` of the run.
+
+    ``arrays`` (also ``chunk[name]``) maps the last part of each array name to its shard
+    [rows, *tail], e.g. ``s`` [rows, N, P]; ``image_paths`` [rows] are the rows' ids.
+    """
 
     index: int
     start: int
@@ -341,76 +357,115 @@ class RunChunk:
 
 
 class Run:
-    """A run folder opened for reading; only complete chunks are visible."""
+    """A run folder opened for reading; only complete chunks are visible.
 
-    def __init__(self, path: Path, manifest: dict[str, Any], images: dict[str, Any]) -> None:
-        self.path = path
+    ``manifest`` is its ``Manifest``, ``images_record`` its ``ImagesRecord``. Rows (the
+    image axis of every array) are the decoded candidates of the complete chunks, in order.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, images: ImagesRecord) -> None:
+        self.path = Path(path)
         self.manifest = manifest
         self._images = images
-        self._chunks = sorted(manifest["chunks"], key=lambda c: c["index"])
+        self._chunks = sorted(manifest.chunks, key=lambda c: c.index)
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
+        """Open the run folder ``path`` (``InputError`` when it is missing, is not a run
+        folder, or holds a manifest or image list this solens does not read)."""
         path = Path(path)
         if not path.is_dir():
             raise InputError(f"run folder {path} does not exist")
-        manifest = _read_manifest(path)
-        try:
-            images = json.loads((path / IMAGES).read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as e:
-            raise InputError(f"{path / IMAGES} is missing or unreadable: {e}") from None
+        manifest = read_manifest(path)
+        images = ImagesRecord.read(path / IMAGES)
+        if images.n_candidates != manifest.n_candidates:
+            raise InputError(
+                f"{path / IMAGES} lists {images.n_candidates} candidates, {path / MANIFEST} "
+                f"{manifest.n_candidates}: not the image list of this run"
+            )
         return cls(path, manifest, images)
 
     # --- metadata -----------------------------------------------------------------------
     @property
+    def run_id(self) -> str:
+        """First 16 hex digits of the sha256 of the run's identity."""
+        return self.manifest.run_id
+
+    @property
     def layers(self) -> list[int]:
-        return list(self.manifest["layers"])
+        return list(self.manifest.layers)
 
     @property
     def model(self) -> dict[str, Any]:
         """``ModelInfo.to_dict()`` of the model that made the run."""
-        return self.manifest["model"]
+        return self.manifest.model
+
+    @property
+    def n_neurons(self) -> int:
+        """MLP width N of the source layers."""
+        if self.manifest.n_neurons is not None:
+            return int(self.manifest.n_neurons)
+        return int(self.manifest.model["d_mlp"])
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest.get("complete"))
+        return bool(self.manifest.complete)
+
+    def require_complete(self, allow_partial: bool = False) -> None:
+        """``InputError`` unless the run is complete (or ``allow_partial``: use the
+        complete chunks of an unfinished run)."""
+        if not self.complete and not allow_partial:
+            raise InputError(
+                f"run {self.path} is incomplete ({self.n_images} images so far); "
+                "re-run `solens effects` with the same arguments to finish it"
+            )
 
     @property
     def n_images(self) -> int:
-        return sum(int(c["rows"]) for c in self._chunks)
+        """Rows: images of the complete chunks."""
+        return sum(c.rows for c in self._chunks)
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
-        return list(self.manifest.get("skipped", []))
+        """Candidates that could not be decoded: ``{"index", "path", "reason"}``."""
+        return [s.to_dict() for s in self.manifest.skipped]
 
-    def _row_candidates(self) -> list[int]:
+    @property
+    def row_candidates(self) -> list[int]:
+        """Candidate index of every row: [n_images] (``images().load(row_candidates[i])``
+        is row ``i``'s image)."""
         out: list[int] = []
         for c in self._chunks:
-            skip = set(c["skipped"])
-            out.extend(i for i in range(c["start"], c["stop"]) if i not in skip)
+            skip = set(c.skipped)
+            out.extend(i for i in range(c.start, c.stop) if i not in skip)
         return out
 
     @property
+    def images_record(self) -> ImagesRecord:
+        """``images.json``: every candidate, also those of missing chunks or skipped."""
+        return self._images
+
+    @property
     def image_root(self) -> str | None:
-        return self._images.get("root")
+        return self._images.root
 
     @property
     def image_paths(self) -> list[str]:
         """Image ids (paths relative to ``image_root``), one per row."""
-        paths = self._images["paths"]
-        return [paths[i] for i in self._row_candidates()]
+        paths = self._images.paths
+        return [paths[i] for i in self.row_candidates]
 
     @property
     def classes(self) -> list[str]:
-        return list(self._images.get("classes") or [])
+        return list(self._images.classes or [])
 
     @property
     def labels(self) -> list[str | None] | None:
         """Label (sub-folder name / scene label) per row, or None if the dataset has none."""
-        labels = self._images.get("labels")
+        labels = self._images.labels
         if labels is None:
             return None
-        return [labels[i] for i in self._row_candidates()]
+        return [labels[i] for i in self.row_candidates]
 
     @property
     def label_ids(self) -> np.ndarray | None:
@@ -423,17 +478,103 @@ class Run:
             [idx.get(lab, -1) if lab is not None else -1 for lab in labels], dtype=np.int64
         )
 
+    def images(self, verify: bool = True) -> FolderImages | SynthImages:
+        """The run's dataset, rebuilt from the manifest's ``dataset`` and ``images.json``:
+        the same candidates in the same order (rows -> candidates: ``row_candidates``).
+
+        ``InputError`` when the image folder is gone (moved or deleted), a synthetic spec no
+        longer parses or renders other scenes (scene-spec version), or, with ``verify``, the
+        folder's files differ from the run's (fingerprint over paths, sizes, mtimes).
+        """
+        from solens.store.images import FolderImages, parse_synth
+
+        ds = self.manifest.dataset
+        kind = ds.get("kind")
+        rec = self._images
+        if kind == "folder":
+            root = Path(rec.root if rec.root is not None else ds.get("root", ""))
+            if not root.is_dir():
+                raise InputError(
+                    f"the image folder {root} of run {self.path} does not exist any more "
+                    "(moved or deleted)"
+                )
+            labels = None if rec.labels is None else list(rec.labels)
+            source = FolderImages(root, list(rec.paths), labels)
+            if verify:
+                try:
+                    fingerprint = source.fingerprint()
+                except OSError as e:
+                    raise InputError(
+                        f"the image folder {root} of run {self.path} changed: {_one_line(str(e))}"
+                    ) from None
+                if fingerprint != ds.get("fingerprint"):
+                    raise InputError(
+                        f"the files in {root} differ from those of run {self.path} (paths, "
+                        "sizes or mtimes); Run.images(verify=False) skips this check"
+                    )
+            return source
+        if kind == "synth":
+            spec = ds.get("spec")
+            try:
+                source = parse_synth(str(spec))
+            except InputError as e:
+                raise InputError(
+                    f"the dataset {spec!r} of run {self.path} no longer parses: {e}"
+                ) from None
+            if source.describe().get("fingerprint") != ds.get("fingerprint"):
+                raise InputError(
+                    f"the synthetic dataset {spec!r} of run {self.path} was made by another "
+                    "scene-spec version of solens.synth: its images would differ"
+                )
+            if source.ids != rec.paths:
+                raise InputError(f"{self.path / IMAGES} does not list the scenes of {spec!r}")
+            return source
+        raise InputError(f"run {self.path} has a dataset of unknown kind {kind!r}")
+
+    def load_model(self, device: str | torch.device = "cpu") -> Model:
+        """Re-load the model that computed the run (from the manifest's ``model``: a
+        checkpoint, hf-hub/local-dir, solens-tiny or an open_clip pretrained tag) on
+        ``device`` and check its vision weights against ``weights_sha256``
+        (``RunMismatchError`` when they differ; ``InputError`` for random weights)."""
+        from solens.models.loading import load_model
+
+        info = self.model
+        extra = info.get("extra") or {}
+        name = info["name"]
+        qg = bool(info.get("quick_gelu", False))
+        how = extra.get("weights")
+        if how == "random":
+            raise InputError(
+                f"run {self.path} was computed with randomly initialised weights of {name}; "
+                "they cannot be re-loaded: pass the model in Python (describe_run(..., model=))"
+            )
+        if how == "checkpoint":
+            model = load_model(name, checkpoint=extra["checkpoint"], device=device, quick_gelu=qg)
+        elif how in ("hf-hub", "local-dir") or name == "solens-tiny":
+            model = load_model(name, device=device)
+        else:
+            model = load_model(name, info.get("pretrained"), device=device, quick_gelu=qg)
+        want = self.manifest.weights_sha256
+        if want and model.weights_sha256 != want:
+            raise RunMismatchError(
+                f"the weights of {name} ({info.get('pretrained')}) loaded now differ from those "
+                f"that computed run {self.path}"
+            )
+        return model
+
     # --- arrays -------------------------------------------------------------------------
     def array(self, name: str) -> ChunkedArray:
         """Per-image array ``name`` over all complete chunks: [n, *tail]."""
-        spec = self.manifest["arrays"].get(name)
+        spec = self.manifest.arrays.get(name)
         if spec is None:
             raise InputError(f"run {self.path} has no array {name!r}")
-        files = [self.path / name / chunk_file(c["index"]) for c in self._chunks]
-        return ChunkedArray(files, shape_tail=tuple(spec["tail"]), dtype=spec["dtype"])
+        files = [self.path / name / chunk_file(c.index) for c in self._chunks]
+        return ChunkedArray(files, shape_tail=tuple(spec.tail), dtype=spec.dtype)
 
     def static(self, name: str, mmap: bool = True) -> np.ndarray:
-        if name not in self.manifest.get("static", {}):
+        """Image-independent array ``RUN/<name>.npy`` (e.g. ``layer-09/directions-exact``
+        [N, P, d]), memory-mapped unless ``mmap=False``."""
+        if name not in self.manifest.static:
             raise InputError(f"run {self.path} has no stored {name!r}")
         return np.load(self.path / f"{name}.npy", mmap_mode="r" if mmap else None)
 
@@ -453,6 +594,8 @@ class Run:
         return layer_dir(layer)
 
     def layer(self, layer: int) -> LayerView:
+        """Arrays of source layer ``layer``: ``s`` [n, N, P], ``offset`` [n, d], ``norms``
+        [n, N] (``InputError`` when the run does not hold the layer)."""
         d = self._check_layer(layer)
         return LayerView(
             layer, self.array(f"{d}/s"), self.array(f"{d}/offset"), self.array(f"{d}/norms"), self
@@ -471,27 +614,17 @@ class Run:
             if layer is not None:
                 d = self._check_layer(layer)
                 names += [f"{d}/s", f"{d}/offset", f"{d}/norms"]
-        paths = self._images["paths"]
+        paths = self._images.paths
         row = 0
         for c in self._chunks:
             arrays = {}
             for n in names:
-                a = np.load(self.path / n / chunk_file(c["index"]), mmap_mode="r")
+                a = np.load(self.path / n / chunk_file(c.index), mmap_mode="r")
                 arrays[n.rsplit("/", 1)[-1]] = a
-            skip = set(c["skipped"])
-            ids = [paths[i] for i in range(c["start"], c["stop"]) if i not in skip]
-            yield RunChunk(c["index"], row, row + c["rows"], ids, arrays)
-            row += c["rows"]
-
-    def images(self) -> Any:
-        """The run's dataset (every candidate, in order)."""
-        from solens.store.images import FolderImages, open_images
-
-        ds = self.manifest["dataset"]
-        if ds["kind"] == "synth":
-            return open_images(ds["spec"])
-        return FolderImages(Path(self._images["root"]), list(self._images["paths"]),
-                            self._images.get("labels"))
+            skip = set(c.skipped)
+            ids = [paths[i] for i in range(c.start, c.stop) if i not in skip]
+            yield RunChunk(c.index, row, row + c.rows, ids, arrays)
+            row += c.rows
 
     def __repr__(self) -> str:
         m = self.model
@@ -499,3 +632,7 @@ class Run:
             f"Run({str(self.path)!r}, model={m.get('name')!r}/{m.get('pretrained')!r}, "
             f"layers={self.layers}, images={self.n_images}, complete={self.complete})"
         )
+
+
+def _one_line(s: str) -> str:
+    return " ".join(s.split())
