@@ -55,9 +55,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from solens.commands.effects import resolve_device
         from solens.describe.describe import describe_run, descriptions_path, summary_rows
         from solens.describe.pools import load_pool
+        from solens.models.devices import resolve_device
         from solens.store.protocol import DescriptionsDoc
         from solens.store.run import Run
 

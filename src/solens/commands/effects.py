@@ -9,22 +9,6 @@ import typer
 from solens.commands._args import int_list
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    from solens.errors import InputError
-
-    if device != "auto":
-        if device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise InputError(f"--device {device}: CUDA is not available on this machine")
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def register(app: typer.Typer) -> None:
     @app.command("effects")
     def effects_cmd(
@@ -73,6 +57,7 @@ def register(app: typer.Typer) -> None:
         offsets and the image-independent directions of both conventions. Re-running the
         same command resumes a killed run. Format: docs/run-format.md.
         """
+        from solens.models.devices import resolve_device
         from solens.models.loading import load_model
         from solens.store.compute import check_layers, run_effects
         from solens.store.images import open_images

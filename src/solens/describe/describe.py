@@ -25,10 +25,13 @@ import numpy as np
 import torch
 
 from solens import __version__
+from solens.describe.omp import omp, prepare_dictionary
+from solens.describe.pools import Pool, embed_pool, load_pool, pool_slug
+from solens.describe.stats import compute_stats, has_stats, load_stats, resolve_k
 from solens.errors import InputError
 from solens.store.arrays import save_text_atomic
 from solens.store.protocol import DescriptionsDoc, NeuronDescription, PoolRecord, Term
-from solens.store.run import Run, layer_dir
+from solens.store.run import Run, layer_dir, now
 
 DESCRIPTIONS_DIR = "descriptions"
 FORMAT = DescriptionsDoc.FORMAT
@@ -42,8 +45,6 @@ DICTIONARY_RULE = (
 def descriptions_path(run: Run | str | Path, pool: str, layer: int, nonneg: bool = False,
                       suffix: str = ".json") -> Path:
     """``RUN/descriptions/<pool>[-nonneg]-layer-LL.json``."""
-    from solens.describe.pools import pool_slug
-
     path = run.path if isinstance(run, Run) else Path(run)
     tag = "-nonneg" if nonneg else ""
     return path / DESCRIPTIONS_DIR / f"{pool_slug(pool)}{tag}-{layer_dir(layer)}{suffix}"
@@ -101,10 +102,6 @@ def describe_layer(
     embeddings. Statistics are loaded when stored for the same run and k, else computed
     (``allow_partial``: over the complete chunks of an unfinished run).
     """
-    from solens.describe.omp import omp
-    from solens.describe.stats import compute_stats, has_stats, load_stats, resolve_k
-    from solens.store.run import now
-
     t0 = time.perf_counter()
     run.layer(layer)
     k_eff = resolve_k(run.n_images, k, top_percent)
@@ -188,9 +185,6 @@ def describe_run(
 
     ``model`` defaults to ``run.load_model(device)`` (re-loaded from the manifest).
     """
-    from solens.describe.omp import prepare_dictionary
-    from solens.describe.pools import Pool, embed_pool, load_pool
-
     run = run if isinstance(run, Run) else Run.open(run)
     run.require_complete(allow_partial)
     layers = list(run.layers) if not layers else [int(l) for l in layers]
@@ -231,8 +225,6 @@ def neuron_report(run: Run, layer: int, neuron: int, pool: str | None = "words-3
                   nonneg: bool = False) -> dict[str, Any]:
     """One neuron: statistics, top image paths and (if described) its terms
     (``[{"text", "index", "coef"}]``)."""
-    from solens.describe.stats import load_stats
-
     st = load_stats(run, layer)
     if not 0 <= neuron < st.n_neurons:
         raise InputError(f"neuron {neuron} out of range: layer {layer} has 0..{st.n_neurons - 1}")

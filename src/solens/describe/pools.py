@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from solens.errors import InputError
+from solens.store.arrays import save_json_atomic, save_npy_atomic
+from solens.synth.world import concept_words
 
 BUILTIN_POOLS = ("words-30k", "words-10k", "imagenet-classes", "imagenet-descriptions", "world")
 CACHE_VERSION = 1
@@ -38,7 +40,6 @@ CACHE_VERSION = 1
 @dataclass(frozen=True)
 class Pool:
     """A named list of texts; ``content_hash`` = sha256 of the texts joined by newlines."""
-
     name: str
     texts: tuple[str, ...]
     content_hash: str
@@ -109,10 +110,6 @@ def imagenet_descriptions() -> list[str]:
 
 
 def world_words() -> list[str]:
-    try:
-        from solens.synth.world import concept_words
-    except ImportError as e:  # pragma: no cover - the synthetic world ships with solens
-        raise InputError(f"the 'world' pool needs solens.synth.world: {e}") from None
     return list(concept_words())
 
 
@@ -178,8 +175,6 @@ def embed_pool(
     """
     import torch
     from tqdm.auto import tqdm
-
-    from solens.store.arrays import save_json_atomic, save_npy_atomic
 
     identity = model.text_identity()
     key = cache_key(identity, pool)

@@ -30,7 +30,10 @@ from torch import Tensor
 
 from solens import __version__
 from solens.errors import InputError
+from solens.lens.second_order import directions
+from solens.store.arrays import save_npy_atomic
 from solens.store.protocol import ArrayInfo, StatsMeta
+from solens.store.run import Run, layer_dir, now
 
 STATS_DIR = "stats"
 STATS_META = "stats.json"
@@ -79,7 +82,6 @@ class NeuronStats:
     total_var: np.ndarray
     meta: StatsMeta | None = None
     """``stats.json`` of stored statistics (set by ``compute_stats`` / ``load_stats``)."""
-
     @property
     def n_neurons(self) -> int:
         return int(self.tau.shape[0])
@@ -249,7 +251,6 @@ def _block_stats(
 # --- runs -------------------------------------------------------------------------------
 def _run_source(run: Any, layer: int, device: torch.device) -> ChunkSource:
     """Chunk source over a ``solens.store.Run``: c = inv_sigma_post * s, float64."""
-
     def source(n0: int, n1: int) -> Iterator[tuple[int, Tensor]]:
         for ch in run.iter_chunks(layer):
             if ch.rows == 0:
@@ -263,8 +264,6 @@ def _run_source(run: Any, layer: int, device: torch.device) -> ChunkSource:
 
 def stats_dir(run: Any, layer: int) -> Path:
     """``RUN/layer-LL/stats``."""
-    from solens.store.run import layer_dir
-
     return Path(run.path) / layer_dir(layer) / STATS_DIR
 
 
@@ -289,15 +288,11 @@ def compute_stats(
     """
     from tqdm.auto import tqdm
 
-    from solens.store.run import Run
-
     run = run if isinstance(run, Run) else Run.open(run)
     run.layer(layer)  # InputError when the layer is not in the run
     run.require_complete(allow_partial)
     k = resolve_k(run.n_images, k, top_percent)
     if model is not None:
-        from solens.lens.second_order import directions
-
         u = directions(model, layer, "exact").detach().to("cpu", torch.float32)
     else:
         u = torch.from_numpy(np.array(run.layer(layer).directions("exact"), dtype=np.float32))
@@ -313,8 +308,6 @@ def compute_stats(
 
 
 def _meta(run: Any, st: NeuronStats, top_percent: float | None) -> StatsMeta:
-    from solens.store.run import now
-
     return StatsMeta(
         layer=st.layer,
         k=st.k,
@@ -331,8 +324,6 @@ def _meta(run: Any, st: NeuronStats, top_percent: float | None) -> StatsMeta:
 
 def save_stats(run: Any, st: NeuronStats) -> Path:
     """Write the arrays (atomically), then ``stats.json`` last; returns the folder."""
-    from solens.store.arrays import save_npy_atomic
-
     folder = stats_dir(run, st.layer)
     meta = replace(st.meta or _meta(run, st, None), arrays={})
     for name in _ARRAYS:
@@ -373,8 +364,6 @@ def has_stats(run: Any, layer: int, k: int | None = None) -> bool:
 def load_stats(run: Any, layer: int, mmap: bool = True) -> NeuronStats:
     """Stored statistics of ``layer`` (``InputError`` if absent, stale or of a version this
     solens does not read)."""
-    from solens.store.run import Run
-
     run = run if isinstance(run, Run) else Run.open(run)
     run.layer(layer)
     folder = stats_dir(run, layer)

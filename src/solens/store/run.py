@@ -20,7 +20,9 @@ import numpy as np
 
 from solens import __version__
 from solens.errors import InputError, RunMismatchError, SolensError
+from solens.models.loading import load_model
 from solens.store.arrays import ChunkedArray, remove_stale_tmp, save_npy_atomic
+from solens.store.images import FolderImages, parse_synth
 from solens.store.protocol import (
     IDENTITY_KEYS,
     ArraySpec,
@@ -322,7 +324,6 @@ def read_manifest(path: str | Path) -> Manifest:
 class LayerView:
     """Per-layer arrays of a run (rows = images in manifest order): ``s`` [n, N, P],
     ``offset`` [n, d], ``norms`` [n, N]; ``directions(convention)`` [N, P, d]."""
-
     layer: int
     s: ChunkedArray  # [n, N, P]
     offset: ChunkedArray  # [n, d]
@@ -486,8 +487,6 @@ class Run:
         longer parses or renders other scenes (scene-spec version), or, with ``verify``, the
         folder's files differ from the run's (fingerprint over paths, sizes, mtimes).
         """
-        from solens.store.images import FolderImages, parse_synth
-
         ds = self.manifest.dataset
         kind = ds.get("kind")
         rec = self._images
@@ -536,7 +535,6 @@ class Run:
         checkpoint, hf-hub/local-dir, solens-tiny or an open_clip pretrained tag) on
         ``device`` and check its vision weights against ``weights_sha256``
         (``RunMismatchError`` when they differ; ``InputError`` for random weights)."""
-        from solens.models.loading import load_model
 
         info = self.model
         extra = info.get("extra") or {}
