@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    import click
+    from typer._click.exceptions import ClickException as TyperClickException
 
 app = typer.Typer(
     name="solens",
@@ -33,11 +38,13 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def _click_errors() -> tuple[type[Exception], ...]:
+def _click_errors() -> tuple[type[click.ClickException] | type[TyperClickException], ...]:
     """Usage errors of click and of the click copy that typer >= 0.26 vendors."""
     import click
 
-    errors: tuple[type[Exception], ...] = (click.ClickException,)
+    errors: tuple[type[click.ClickException] | type[TyperClickException], ...] = (
+        click.ClickException,
+    )
     try:
         from typer._click.exceptions import ClickException as TyperClickException
     except ImportError:  # typer that uses click itself

@@ -125,6 +125,7 @@ def render_cmd(
         sc.image.save(folder / f"{split}-{seed}-{i:06d}.png")
         if masks:
             np.savez_compressed(folder / f"{split}-{seed}-{i:06d}.masks.npz",
+                                allow_pickle=False,  # bool arrays
                                 **{str(k): v for k, v in sc.masks.items()})
         (folder / f"{split}-{seed}-{i:06d}.json").write_text(json.dumps(sc.spec))
     typer.echo(f"wrote {len(scenes)} scenes to {out}")

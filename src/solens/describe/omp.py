@@ -180,7 +180,7 @@ def _omp_batch(D: Tensor, Dt: Tensor, y: Tensor, m: int, nonneg: bool, tol: floa
         Q[:, i] = q
         z[:, i] = (q * y).sum(1)
         sel[:, i] = torch.where(ok, j, -1)
-        if not nonneg:
+        if G is None:  # plain OMP (G exists only for nonneg)
             res = res - z[:, i : i + 1] * q
             continue
         n = i + 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def neuron_stats(
     if not 1 <= k <= n_images:
         raise InputError(f"k={k} must be in 1..{n_images}")
     block = neuron_block or default_neuron_block(N, P, d, k)
-    out = {
+    out: dict[str, np.ndarray] = {
         "mean_coef": np.zeros((N, P), np.float32),
         "phi_bar": np.zeros((N, d), np.float32),
         "centred_norms": np.zeros((n_images, N), np.float32),
@@ -155,12 +156,12 @@ def neuron_stats(
     for n0 in range(0, N, block):
         n1 = min(N, n0 + block)
         ub = u[n0:n1].to(torch.float64)
-        res = _block_stats(lambda a=n0, b=n1: source(a, b), ub, k, n_images, out, n0)
+        res = _block_stats(partial(source, n0, n1), ub, k, n_images, out, n0)
         for name, val in res.items():
             out[name][n0:n1] = val.cpu().numpy()
         if progress is not None:
             progress(n1 - n0)
-    return NeuronStats(layer=layer, k=k, n_images=n_images, **out)
+    return NeuronStats(layer=layer, k=k, n_images=n_images, **out, meta=None)
 
 
 def _block_stats(
@@ -175,10 +176,10 @@ def _block_stats(
     n, P, _ = u.shape
     G = u @ u.transpose(1, 2)  # [n, P, P]
     # pass 1: shifted first and second moments (shift = first chunk's mean, for precision)
-    shift = s1 = s2 = None
+    shift = s1 = s2 = None  # set together, by the first chunk
     count = 0
     for _, c in source():
-        if shift is None:
+        if shift is None or s1 is None or s2 is None:
             shift = c.mean(0)
             s1 = torch.zeros_like(shift)
             s2 = torch.zeros(n, P, P, dtype=c.dtype, device=c.device)
@@ -186,7 +187,7 @@ def _block_stats(
         s1 += x.sum(1)
         s2 += x.transpose(1, 2) @ x
         count += c.shape[0]
-    if shift is None or count != n_images:
+    if shift is None or s1 is None or s2 is None or count != n_images:
         raise InputError(f"chunk source gave {count} images, expected {n_images}")
     dm = s1 / count  # mean - shift
     mean = shift + dm

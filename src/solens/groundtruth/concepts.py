@@ -98,7 +98,7 @@ class GroundTruth:
     @property
     def selective(self) -> np.ndarray:
         """Neurons with at least one ground-truth concept: [N] bool."""
-        return self.significant.any(1)
+        return np.asarray(self.significant.any(1))
 
     def neuron_concepts(self, n: int) -> list[int]:
         """Ground-truth concept indices of neuron ``n``, smallest p-value first."""

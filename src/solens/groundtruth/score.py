@@ -31,6 +31,7 @@ Definitions (``docs/scoring.md`` has the full text):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -122,8 +123,8 @@ def score_neurons(
     pool_hits = None  # [K, C]: pool text names concept
     if pool_texts is not None:
         pool_hits = np.zeros((len(pool_texts), len(concepts)), bool)
-        for i, t in enumerate(pool_texts):
-            pool_hits[i, list(match(t))] = True
+        for i, text in enumerate(pool_texts):
+            pool_hits[i, list(match(text))] = True
     hits: dict[str, list[bool]] = {m: [] for m in get}
     hits10: dict[str, list[bool]] = {m: [] for m in get}
     hits_planted: dict[str, list[bool]] = {m: [] for m in get}
@@ -307,9 +308,9 @@ def score_layer(
         activations = acts[layer]
     if gt_from == "activation":
         top = np.argsort(-np.asarray(activations), axis=0, kind="stable")[:k].T
-    kw = {"n_terms": omp_terms_n, "nonneg": nonneg, "order": order}
-    so = given if given is not None else omp_terms(np.asarray(st.r, np.float64), emb, texts, **kw)
-    direct = omp_terms(direct_directions(model, layer).double().cpu(), emb, texts, **kw)
+    omp = partial(omp_terms, n_terms=omp_terms_n, nonneg=nonneg, order=order)
+    so = given if given is not None else omp(np.asarray(st.r, np.float64), emb, texts)
+    direct = omp(direct_directions(model, layer).double().cpu(), emb, texts)
     sims = text_similarities(np.asarray(run.embeddings[:]), emb)
     dissect = dissect_terms(pearson_scores(activations, sims), texts, max(n_top, n_named))
     out = score_neurons(presence, concepts, top,
@@ -361,12 +362,14 @@ def score_run(
                 den += w
         return num / den if den else None
 
+    def baseline(m: str) -> Callable[[dict[str, Any]], float | None]:
+        return lambda r: r["baselines"][m]
+
     n_sel = sum(r["n_selective"] for r in per.values())
     methods = [m for m in per[layers[0]]["baselines"]] if layers else []
     return {
         "hit_rate": pooled(lambda r: r["hit_rate"], "n_selective"),
-        "baselines": {m: pooled(lambda r, m=m: r["baselines"][m], "n_selective")
-                      for m in methods},
+        "baselines": {m: pooled(baseline(m), "n_selective") for m in methods},
         "polysemy": pooled(lambda r: r["polysemy"], "n_selective"),
         "polysemy_strict": pooled(lambda r: r["polysemy_strict"], "n_selective"),
         "polysemy_named_both": pooled(lambda r: r["polysemy_named_both"], "n_polysemantic"),

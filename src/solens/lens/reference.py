@@ -50,7 +50,7 @@ def reference_second_order(
         writes = writes + src.ls2_or_one() * src.b_out / N_all
     mu_post = tr["ln_post.hook_mean"][:, None, None]
     sd_post = tr["ln_post.hook_scale"][:, None, None]
-    out = 0.0
+    out = writes.new_zeros(())  # [] -> [B, N, d] as terms are added
     for lp in range(layer + 1, L):
         b = w.blocks[lp]
         H = b.n_heads

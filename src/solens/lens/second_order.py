@@ -98,7 +98,7 @@ def _official_offset(model: Model, trace: Trace, layer: int, inv_sigma_post: Ten
     src = w.blocks[layer]
     N = src.W_out.shape[0]
     share = src.ls2_or_one() * src.b_out / N  # c_proj bias share of one neuron [D]
-    total = 0.0
+    total: Tensor | float = 0.0
     post_coef = 0.0
     for lp in range(layer + 1, L):
         b = w.blocks[lp]

@@ -90,7 +90,8 @@ def load_weights(clip_model: nn.Module, sd: dict[str, torch.Tensor], what: str) 
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
 
-    visual_keys = set(clip_model.visual.state_dict())
+    visual = clip_model.get_submodule("visual")
+    visual_keys = set(visual.state_dict())
     if set(sd) == visual_keys:
         sd = {f"visual.{k}": v for k, v in sd.items()}
     sd = convert_state_dict(clip_model, sd)
@@ -98,7 +99,7 @@ def load_weights(clip_model: nn.Module, sd: dict[str, torch.Tensor], what: str) 
         sd = convert_to_custom_text_state_dict(sd)
     resize_pos_embed(sd, clip_model)
     only_visual = all(k.startswith("visual.") for k in sd)
-    target: nn.Module = clip_model.visual if only_visual else clip_model
+    target = visual if only_visual else clip_model
     if only_visual:
         sd = {k[len("visual.") :]: v for k, v in sd.items()}
     else:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from solens.errors import UnsupportedModelError
+from solens.models.openclip_types import as_clip, as_tower
 from solens.models.trace import Trace, run_trace
 from solens.models.weights import ViTWeights, vit_weights
 
@@ -109,6 +110,7 @@ def describe_visual(visual: nn.Module, **kw: Any) -> ModelInfo:
     """Build ``ModelInfo`` from a supported open_clip vision tower."""
     from open_clip.transformer import QuickGELU
 
+    visual = as_tower(visual)
     blocks = visual.transformer.resblocks
     b0 = blocks[0]
     grid = visual.grid_size
@@ -130,7 +132,7 @@ class OpenClipTextEncoder:
     """Text side of an open_clip ``CLIP``: tokenise then ``encode_text`` in batches."""
 
     def __init__(self, clip_model: nn.Module, tokenizer: Callable, batch_size: int = 256):
-        self.clip_model = clip_model
+        self.clip_model = as_clip(clip_model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
@@ -161,7 +163,7 @@ class Model:
         owner: nn.Module | None = None,
     ) -> None:
         check_supported(visual)
-        self.visual = visual.eval()
+        self.visual = as_tower(visual.eval())
         self.text = text
         self.preprocess = preprocess
         self.info = info

@@ -24,9 +24,15 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+from solens.models.openclip_types import as_tower
+
+if TYPE_CHECKING:
+    from solens.models.openclip_types import VisionTower
 
 
 def ln_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -70,10 +76,11 @@ class _Recorder:
             self.trace[name] = value
 
 
-def _embed(visual: nn.Module, images: Tensor) -> Tensor:
+def _embed(visual: VisionTower, images: Tensor) -> Tensor:
     """Patch + class + positional embedding and ``ln_pre``: [B, 3, S, S] -> [B, T, D]."""
-    if hasattr(visual, "_embeds"):
-        return visual._embeds(images)
+    embeds = getattr(visual, "_embeds", None)
+    if embeds is not None:
+        return embeds(images)
     x = visual.conv1(images)
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -89,6 +96,7 @@ def run_trace(visual: nn.Module, images: Tensor, names: Iterable[str] | None = N
     records everything. ``hook_embedding`` is always recorded.
     """
     rec = _Recorder(names)
+    visual = as_tower(visual)
     x = _embed(visual, images)
     rec.put("hook_embed", x)
     batch_first = getattr(visual.transformer, "batch_first", True)
@@ -132,7 +140,8 @@ def run_trace(visual: nn.Module, images: Tensor, names: Iterable[str] | None = N
         m, s = ln_stats(cls, visual.ln_post.eps)
         rec.put("ln_post.hook_mean", m)
         rec.put("ln_post.hook_scale", s)
-    pooled, _ = visual._pool(x) if hasattr(visual, "_pool") else (visual.ln_post(cls), None)
+    pool = getattr(visual, "_pool", None)
+    pooled, _ = pool(x) if pool is not None else (visual.ln_post(cls), None)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
     rec.trace["hook_embedding"] = pooled

@@ -8,9 +8,15 @@ Shapes (D = width, H = heads, dh = D / H, N = MLP width, d = embedding dim):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+from solens.models.openclip_types import as_tower
+
+if TYPE_CHECKING:
+    from solens.models.openclip_types import Block
 
 
 @dataclass
@@ -67,20 +73,20 @@ def _layer_scale(module: nn.Module) -> Tensor | None:
     return gamma.detach() if isinstance(gamma, Tensor) else None
 
 
-def block_weights(block: nn.Module) -> BlockWeights:
+def block_weights(block: Block) -> BlockWeights:
     """Extract a ``ResidualAttentionBlock``'s parameters into lens layout."""
-    attn: nn.MultiheadAttention = block.attn
+    attn = block.attn
     D = attn.embed_dim
     H = attn.num_heads
     dh = D // H
     w_in = attn.in_proj_weight.detach()
-    b_in = attn.in_proj_bias
-    b_in = b_in.detach() if b_in is not None else torch.zeros(3 * D, dtype=w_in.dtype)
+    in_bias = attn.in_proj_bias
+    b_in = in_bias.detach() if in_bias is not None else torch.zeros(3 * D, dtype=w_in.dtype)
     W_V = w_in[2 * D :].reshape(H, dh, D).transpose(1, 2)
     b_V = b_in[2 * D :].reshape(H, dh)
     W_O = attn.out_proj.weight.detach().T.reshape(H, dh, D)
-    b_O = attn.out_proj.bias
-    b_O = b_O.detach() if b_O is not None else torch.zeros(D, dtype=w_in.dtype)
+    out_bias = attn.out_proj.bias
+    b_O = out_bias.detach() if out_bias is not None else torch.zeros(D, dtype=w_in.dtype)
     mlp = block.mlp
     c_proj_b = mlp.c_proj.bias
     return BlockWeights(
@@ -105,10 +111,11 @@ def block_weights(block: nn.Module) -> BlockWeights:
 
 def vit_weights(visual: nn.Module) -> ViTWeights:
     """Extract lens weights from an open_clip ``VisionTransformer``."""
+    tower = as_tower(visual)
     return ViTWeights(
-        blocks=[block_weights(b) for b in visual.transformer.resblocks],
-        ln_post_w=visual.ln_post.weight.detach(),
-        ln_post_b=visual.ln_post.bias.detach(),
-        ln_post_eps=float(visual.ln_post.eps),
-        proj=visual.proj.detach(),
+        blocks=[block_weights(b) for b in tower.transformer.resblocks],
+        ln_post_w=tower.ln_post.weight.detach(),
+        ln_post_b=tower.ln_post.bias.detach(),
+        ln_post_eps=float(tower.ln_post.eps),
+        proj=tower.proj.detach(),
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 FSYNC = os.environ.get("SOLENS_FSYNC", "1") != "0"
 """fsync files and folders after writing (durability across power loss; renames alone
@@ -148,7 +149,7 @@ class ChunkedArray:
         files: Sequence[Path],
         *,
         shape_tail: tuple[int, ...] = (),
-        dtype: np.dtype | str = np.float32,
+        dtype: DTypeLike = np.float32,
     ) -> None:
         self.files = [Path(f) for f in files]
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()

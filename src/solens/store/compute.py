@@ -154,7 +154,7 @@ def run_effects(
         t0 = time.perf_counter()
         grams = _directions(model, layers, writer, need_grams=bool(pending))
         t_dirs = time.perf_counter() - t0
-        session = {
+        session: dict[str, Any] = {  # a JSON record of the manifest
             "started": now(),
             "finished": None,  # stays None if this invocation is killed
             "device": str(model.device),

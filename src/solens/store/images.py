@@ -90,10 +90,8 @@ class FolderImages:
                 f"image folder {root} holds no images ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)})"
             )
         ids.sort()
-        labels: list[str | None] | None = [i.split("/", 1)[0] if "/" in i else None for i in ids]
-        if all(lab is None for lab in labels):
-            labels = None
-        return cls(root, ids, labels)
+        labels: list[str | None] = [i.split("/", 1)[0] if "/" in i else None for i in ids]
+        return cls(root, ids, None if all(lab is None for lab in labels) else labels)
 
     def __len__(self) -> int:
         return len(self.ids)

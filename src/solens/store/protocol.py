@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from solens import __version__
 from solens.errors import InputError
@@ -115,10 +115,15 @@ class _Document:
 
     extra: dict[str, Any]
 
+    if TYPE_CHECKING:  # what the dataclass decorator gives every subclass
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+        def __init__(self, *, extra: dict[str, Any], **values: Any) -> None: ...
+
     # JSON form, key by key (the mapping view converts only the key it is asked for)
     @classmethod
     def _field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls) if f.name != "extra")  # type: ignore[arg-type]
+        return tuple(f.name for f in fields(cls) if f.name != "extra")
 
     def _json_keys(self) -> list[str]:
         out = []
@@ -195,7 +200,7 @@ class _Document:
 
     @classmethod
     def _build(cls: type[T], known: dict[str, Any], extra: dict[str, Any]) -> T:
-        return cls(**known, extra=extra)  # type: ignore[call-arg]
+        return cls(**known, extra=extra)
 
     @classmethod
     def read(cls: type[T], path: str | Path) -> T:

@@ -515,19 +515,19 @@ class Run:
         if kind == "synth":
             spec = ds.get("spec")
             try:
-                source = parse_synth(str(spec))
+                scenes = parse_synth(str(spec))
             except InputError as e:
                 raise InputError(
                     f"the dataset {spec!r} of run {self.path} no longer parses: {e}"
                 ) from None
-            if source.describe().get("fingerprint") != ds.get("fingerprint"):
+            if scenes.describe().get("fingerprint") != ds.get("fingerprint"):
                 raise InputError(
                     f"the synthetic dataset {spec!r} of run {self.path} was made by another "
                     "scene-spec version of solens.synth: its images would differ"
                 )
-            if source.ids != rec.paths:
+            if scenes.ids != rec.paths:
                 raise InputError(f"{self.path / IMAGES} does not list the scenes of {spec!r}")
-            return source
+            return scenes
         raise InputError(f"run {self.path} has a dataset of unknown kind {kind!r}")
 
     def load_model(self, device: str | torch.device = "cpu") -> Model:

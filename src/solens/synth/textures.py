@@ -50,7 +50,8 @@ def _noise(rng: np.random.Generator, t: int, amp: float) -> _Array:
 def _smooth_noise(rng: np.random.Generator, t: int, cells: int) -> _Array:
     """Low-frequency noise in [-1, 1] (bilinear upsampled random grid), shape [t, t, 1]."""
     g = rng.uniform(-1, 1, (cells + 1, cells + 1)).astype(np.float32)
-    img = Image.fromarray(((g + 1) * 127.5).astype(np.uint8)).resize((t, t), Image.BILINEAR)
+    grid = Image.fromarray(((g + 1) * 127.5).astype(np.uint8))
+    img = grid.resize((t, t), Image.Resampling.BILINEAR)
     return (np.asarray(img, dtype=np.float32) / 127.5 - 1)[..., None]
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from solens.models.openclip_types import as_tower
+
 
 class MLPDropPath:
     """Stochastic depth on the MLP sublayers of an open_clip ``VisionTransformer``, in training.
@@ -23,7 +25,7 @@ class MLPDropPath:
     def __init__(
         self, visual: torch.nn.Module, probs: list[float], cls_probs: list[float] | None = None
     ):
-        blocks = list(visual.transformer.resblocks)
+        blocks = list(as_tower(visual).transformer.resblocks)
         cls_probs = list(cls_probs) if cls_probs else [0.0] * len(blocks)
         probs = list(probs) if probs else [0.0] * len(blocks)
         for name, ps in (("mlp_drop", probs), ("cls_mlp_drop", cls_probs)):
@@ -63,7 +65,7 @@ class MLPDropPath:
                 return y
             return x.new_zeros(x.shape).index_copy(bd, idx, y)
 
-        mlp.forward = forward  # type: ignore[method-assign]
+        mlp.forward = forward
 
     def remove(self) -> None:
         for mlp in self._mlps:

@@ -37,6 +37,7 @@ from solens.experiments.zeroshot import (
     text_directions,
 )
 from solens.models.model import Model
+from solens.store.compute import default_preprocess
 from solens.store.images import SynthImages, class_indices, pixels
 from solens.synth.captions import attribute_prompts, class_prompts
 from solens.synth.world import CLASSES
@@ -48,7 +49,7 @@ def world_split(
     """Scenes ``0..n-1`` of ``(split, seed)`` at the model's image size: preprocessed
     images [n, 3, S, S], class indices [n] (``CLASSES`` order) and the scene specs."""
     source = SynthImages(split, n, seed, model.info.image_size)
-    x = pixels(source, model.preprocess)
+    x = pixels(source, default_preprocess(model))
     return x, class_indices(source, CLASSES), [source.spec(i) for i in range(n)]
 
 

@@ -147,7 +147,8 @@ def train(
     prompt_emb = model.text.sentence_embeddings(prompts).to(dev)
 
     model.to(dev).train()
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for n, p in model.named_parameters():
         (
             no_decay

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,7 +27,11 @@ from torch import Tensor, nn
 
 from solens.errors import InputError
 from solens.models.model import Model, describe_visual
+from solens.models.openclip_types import as_tower
 from solens.store.arrays import save_bytes_atomic, save_text_atomic
+
+if TYPE_CHECKING:
+    from solens.models.openclip_types import VisionTower
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHTS_PATH = ASSETS / "solens-tiny.safetensors"
@@ -70,11 +74,11 @@ class TinyConfig:
         return d
 
 
-def build_visual(cfg: TinyConfig) -> nn.Module:
+def build_visual(cfg: TinyConfig) -> VisionTower:
     """The image tower: open_clip ``VisionTransformer`` with CLS ('tok') pooling."""
     from open_clip.transformer import VisionTransformer
 
-    return VisionTransformer(
+    visual = VisionTransformer(
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         width=cfg.width,
@@ -87,6 +91,7 @@ def build_visual(cfg: TinyConfig) -> nn.Module:
         attentional_pool=False,
         patch_dropout=cfg.patch_dropout,
     )
+    return as_tower(visual)
 
 
 # ----------------------------------------------------------------------------------- text tower
@@ -165,7 +170,7 @@ class MiniLMTextEncoder(nn.Module):
         """Project precomputed MiniLM embeddings [n, 384] -> [n, embed_dim]."""
         return self.proj(sentence_emb.to(self.proj.weight.dtype))
 
-    def encode(self, texts: list[str]) -> Tensor:
+    def encode(self, texts: Sequence[str]) -> Tensor:
         """Text embeddings [n, embed_dim] (unnormalised) on the projection's device."""
         e = self.sentence_embeddings(list(texts)).to(self.proj.weight.device)
         return self.forward(e)
