@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from solens._lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
@@ -32,8 +34,6 @@ __all__ = ["Model", "ModelInfo", "__version__", "load_model", "second_order", *S
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
     if name in SUBPACKAGES:
         return importlib.import_module(f"solens.{name}")
-    raise AttributeError(f"module 'solens' has no attribute {name!r}")
+    return lazy_getattr("solens", _LAZY)(name)

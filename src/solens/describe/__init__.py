@@ -1,5 +1,6 @@
 """solens.describe: per-neuron statistics, text pools, sparse text decompositions (OMP),
-descriptions of a run's neurons and their ground-truth scoring. See docs/describe.md.
+descriptions of a run's neurons. See docs/describe.md (ground-truth scoring:
+``solens.groundtruth``).
 
 Names are imported on first use (``import solens.describe`` stays light); the OMP
 function is ``solens.describe.omp.omp`` (``solens.describe.omp`` is its module).
@@ -7,7 +8,7 @@ function is ``solens.describe.omp.omp`` (``solens.describe.omp`` is its module).
 
 from __future__ import annotations
 
-from typing import Any
+from solens._lazy import lazy_getattr
 
 _LAZY = {
     "NeuronStats": "solens.describe.stats",
@@ -26,9 +27,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'solens.describe' has no attribute {name!r}")
+__getattr__ = lazy_getattr("solens.describe", _LAZY)

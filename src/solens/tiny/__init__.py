@@ -10,8 +10,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from solens._lazy import lazy_getattr
 
 _LAZY = {
     "load_tiny": "solens.tiny.model",
@@ -27,7 +26,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'solens.tiny' has no attribute {name!r}")
+__getattr__ = lazy_getattr("solens.tiny", _LAZY)
