@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("effects", "export", "synth", "demo", "describe")
+COMMAND_MODULES = ("effects", "export", "describe", "ablate", "synth", "demo")
 
 
 def _register() -> None:
