@@ -272,3 +272,28 @@ def test_unit_rows_keeps_zero_rows() -> None:
     v = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
     torch.testing.assert_close(unit_rows(v), torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
     assert F.normalize(v, dim=-1)[0].allclose(unit_rows(v)[0])
+
+
+def test_text_reconstructions_equal_omp_with_m_terms() -> None:
+    """One OMP run and a least-squares refit per m give OMP's own m-term solutions."""
+    from solens.describe.omp import omp, prepare_dictionary
+    from solens.experiments.ablate import reference_means, text_reconstructions
+
+    g = torch.Generator().manual_seed(0)
+    D, _ = prepare_dictionary(torch.randn(40, 12, generator=g))
+    r = unit_rows(torch.randn(5, 12, generator=g, dtype=torch.float64))
+    rec = text_reconstructions(D, r, [1, 3, 8])
+    for m in (1, 3, 8):
+        res = omp(D, r, m)
+        want = torch.einsum("nm,nmd->nd", torch.as_tensor(res.coefs),
+                            D.double()[torch.as_tensor(res.indices).clamp_min(0)])
+        torch.testing.assert_close(rec[m], unit_rows(want), atol=1e-6, rtol=1e-5)
+    # the reference pass: mean activations and mean direct effects
+    model = tiny_model(dtype=torch.float32)
+    ref = images(7, seed=4, dtype=torch.float32)
+    act, direct = reference_means(model, ref, [0, 2], batch_size=3)
+    torch.testing.assert_close(act[2], mean_activations(model, ref, [2])[2])
+    from solens.experiments.ablation import layer_effects
+
+    want = layer_effects(model, model.trace(ref), [0], "direct")[:, 0].double().mean(0)
+    torch.testing.assert_close(direct[0], want, atol=1e-5, rtol=1e-5)

@@ -57,7 +57,6 @@ from solens.experiments.factorised import (
 )
 from solens.experiments.indirect import (
     layer_ablated_embeddings,
-    mean_activations,
     neuron_indirect_effects,
     pc1_variance,
 )
@@ -197,6 +196,58 @@ def _batches(source: ImageSource, preprocess: Callable[[Any], Tensor], batch_siz
 
 
 # --- one layer ---------------------------------------------------------------------------
+def text_reconstructions(
+    dictionary: Tensor, r: Tensor, m_values: Sequence[int], nonneg: bool = False
+) -> dict[int, Tensor]:
+    """Unit m-term OMP reconstructions of the rank-1 directions ``r`` [N, d] over a
+    prepared dictionary [K, d], for each m: m -> [N, d] (on ``r``'s device).
+
+    OMP is greedy: the m-term solution selects the first m atoms of the largest one and
+    refits them by least squares, so one OMP run and a least-squares refit per m give all
+    of them (NNOMP's non-negative refits differ: it is run once per m).
+    """
+    out: dict[int, Tensor] = {}
+    D = dictionary.double().cpu()
+    target = r.double().cpu()
+    if nonneg:
+        for m in m_values:
+            res = omp(D, target, m, nonneg=True)
+            idx = torch.as_tensor(res.indices).clamp_min(0)
+            coef = torch.as_tensor(res.coefs)  # 0 where padded
+            out[m] = unit_rows(torch.einsum("nm,nmd->nd", coef, D[idx])).to(r.device)
+        return out
+    res = omp(D, target, max(m_values))
+    sel = torch.as_tensor(res.indices)  # [N, M], selection order, -1 padded
+    for m in m_values:
+        atoms = D[sel[:, :m].clamp_min(0)] * (sel[:, :m] >= 0).unsqueeze(-1)  # [N, m, d]
+        coef = torch.linalg.pinv(atoms.transpose(1, 2)) @ target.unsqueeze(-1)  # [N, m, 1]
+        out[m] = unit_rows((coef * atoms).sum(1)).to(r.device)
+    return out
+
+
+def reference_means(
+    model: Model, images: Tensor, layers: Sequence[int], batch_size: int = 128
+) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """One pass over the reference images [B, 3, S, S]: per layer the mean post-GELU
+    activation per token position [T, N] (for the indirect ablation) and the mean direct
+    effect [d] (float64, CPU)."""
+    names = [*(f"blocks.{l}.mlp.hook_post" for l in layers),
+             *(f"blocks.{l}.hook_mlp_out" for l in layers), "ln_post.hook_scale"]
+    act: dict[int, Tensor] = {}
+    direct: dict[int, Tensor] = {}
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            tr = model.trace(images[i : i + batch_size], names)
+            e = layer_effects(model, tr, layers, "direct").double().sum(0).cpu()
+            for j, l in enumerate(layers):
+                a = tr[f"blocks.{l}.mlp.hook_post"].float().sum(0)
+                act[l] = a if l not in act else act[l] + a
+                direct[l] = e[j] if l not in direct else direct[l] + e[j]
+    n = len(images)
+    return {l: a / n for l, a in act.items()}, {l: d / n for l, d in direct.items()}
+
+
+
 @torch.no_grad()
 def ablate_layer(
     model: Model,
@@ -223,15 +274,8 @@ def ablate_layer(
     m_coef = torch.as_tensor(np.array(stats.mean_coef), dtype=torch.float64, device=dev)
     tau = torch.as_tensor(np.array(stats.tau), dtype=torch.float64, device=dev)
     r = torch.as_tensor(np.array(stats.r), dtype=torch.float64, device=dev)
-    recon: dict[str, dict[int, Tensor]] = {}
-    for pool, (D, nonneg) in dictionaries.items():
-        recon[pool] = {}
-        for m in m_values:
-            res = omp(D, r.cpu(), m, nonneg=nonneg)
-            idx = torch.as_tensor(res.indices).clamp_min(0)
-            coef = torch.as_tensor(res.coefs)  # 0 where padded
-            r_hat = torch.einsum("nm,nmd->nd", coef, D.double()[idx])
-            recon[pool][m] = unit_rows(r_hat).to(dev)
+    recon = {pool: text_reconstructions(D, r, m_values, nonneg)
+             for pool, (D, nonneg) in dictionaries.items()}
     t_omp = time.perf_counter() - t0
     names = [*trace_names([layer], model.info.n_layers), f"blocks.{layer}.hook_mlp_out",
              "ln_post.hook_scale"]
@@ -354,8 +398,7 @@ def ablate_run(
     if pending:
         ref_source = run.images()
         ref = pixels(ref_source, preprocess, run.row_candidates)
-        means = mean_activations(model, ref, pending, batch_size)
-        direct_mean = _direct_means(model, ref, pending, batch_size)
+        means, direct_mean = reference_means(model, ref, pending, batch_size)
         rng = np.random.default_rng(seed)
         n_pc = min(pc_images, len(source))
         pc_idx = sorted(rng.choice(len(source), n_pc, replace=False).tolist())
@@ -377,18 +420,6 @@ def ablate_run(
     result = AblateResult(settings, [results[l] for l in layers], m_capped, d)
     write_outputs(out, result)
     return result
-
-
-def _direct_means(model: Model, images: Tensor, layers: Sequence[int], batch_size: int
-                  ) -> dict[int, Tensor]:
-    """Mean direct effect [d] of each layer over ``images`` (float64, CPU)."""
-    sums: dict[int, Tensor] = {}
-    for i in range(0, len(images), batch_size):
-        tr = model.trace(images[i : i + batch_size])
-        e = layer_effects(model, tr, layers, "direct").double().sum(0).cpu()
-        for j, l in enumerate(layers):
-            sums[l] = e[j] if l not in sums else sums[l] + e[j]
-    return {l: s / len(images) for l, s in sums.items()}
 
 
 def _open_folder(out: Path, settings: AblateSettings, restart: bool) -> dict[int, LayerResult]:
