@@ -32,7 +32,7 @@ def _model(device: str):
 
     torch.manual_seed(0)
     clip = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
-    return Model.from_open_clip(clip, name="ViT-B-32-quickgelu").to(device)
+    return Model.from_open_clip(clip, name="ViT-B-32-quickgelu", pretrained="random").to(device)
 
 
 def _worker(engine: str, layer: int, batch: int, device: str, repeats: int) -> dict:

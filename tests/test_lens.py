@@ -155,7 +155,7 @@ def test_full_size_vit_b32_layer9_float32() -> None:
 
     torch.manual_seed(0)
     clip = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
-    model = Model.from_open_clip(clip, name="ViT-B-32-quickgelu")
+    model = Model.from_open_clip(clip, name="ViT-B-32-quickgelu", pretrained="random")
     x = torch.randn(1, 3, 224, 224)
     neurons = list(range(0, 3072, 97))
     for convention in ("exact", "official"):

@@ -86,12 +86,12 @@ def x() -> torch.Tensor:
 
 # --- names and random init --------------------------------------------------------------------
 def test_random_init_and_info() -> None:
-    m = solens.load_model(SMALL)
+    m = solens.load_model(SMALL, "random")
     assert isinstance(m, Model)
     i = m.info
     assert (i.name, i.pretrained, i.quick_gelu, i.n_layers, i.n_heads, i.d_model) == (
         SMALL,
-        None,
+        "random",
         False,
         2,
         4,
@@ -105,10 +105,10 @@ def test_random_init_and_info() -> None:
 
 
 def test_quick_gelu_from_config_and_override() -> None:
-    assert load_model(SMALL_QG).info.quick_gelu
-    assert load_model(SMALL_QG).info.extra["quick_gelu_from"] == "config"
-    assert not load_model(SMALL_QG, quick_gelu=False).info.quick_gelu
-    m = load_model(SMALL, quick_gelu=True)
+    assert load_model(SMALL_QG, "random").info.quick_gelu
+    assert load_model(SMALL_QG, "random").info.extra["quick_gelu_from"] == "config"
+    assert not load_model(SMALL_QG, "random", quick_gelu=False).info.quick_gelu
+    m = load_model(SMALL, "random", quick_gelu=True)
     assert m.info.quick_gelu and m.info.extra["quick_gelu_from"] == "user"
 
 
@@ -209,7 +209,7 @@ def test_hf_hub_uncached_fails_offline(no_network: None) -> None:
 
 def test_hf_text_tower_uncached_fails_fast(no_network: None) -> None:
     with pytest.raises(UnknownModelError, match="not available offline"):
-        load_model("xlm-roberta-base-ViT-B-32")
+        load_model("xlm-roberta-base-ViT-B-32", "random")
 
 
 def test_tag_served_from_cache(tmp_path: Path, x: torch.Tensor, monkeypatch) -> None:
@@ -319,7 +319,7 @@ def test_tiny_is_found_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_tiny_is_loaded_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    sentinel = load_model(SMALL)
+    sentinel = load_model(SMALL, "random")
     calls: list[str] = []
     fake = types.ModuleType("solens.tiny.model")
 
@@ -385,7 +385,7 @@ def test_hf_hub_from_cache(tmp_path: Path, x: torch.Tensor, monkeypatch, no_netw
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device_is_one_line_error() -> None:
     with pytest.raises(InputError, match="device 'cuda'"):
-        load_model(SMALL, device="cuda")
+        load_model(SMALL, "random", device="cuda")
 
 
 # --- identity: run manifests and text-cache keys must not change ------------------------------
@@ -439,7 +439,7 @@ def test_identity_equals_the_old_recipes(tmp_path: Path) -> None:
     full = load_model(SMALL, checkpoint=tmp_path / "full.pt")
     vision_only = load_model(SMALL, checkpoint=tmp_path / "visual.pt")
     bare = Model(clip.visual, None, None, full.info)  # no owner, no text encoder
-    for m in (full, vision_only, bare, load_model(SMALL_QG)):
+    for m in (full, vision_only, bare, load_model(SMALL_QG, "random")):
         assert m.weights_sha256 == _old_state_sha256(m.visual)
         assert m.identity() == _old_run_identity(m)
         assert m.text_identity() == _old_text_identity(m)

@@ -27,7 +27,7 @@ def wrap(visual: nn.Module, name: str = "test") -> Model:
 # --- parity with open_clip on full-size towers ------------------------------------------------
 def test_parity_vit_b32_quickgelu() -> None:
     torch.manual_seed(0)
-    model = load_model("ViT-B-32", quick_gelu=True)
+    model = load_model("ViT-B-32", "random", quick_gelu=True)
     assert model.info.quick_gelu and isinstance(
         model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU
     )

@@ -111,6 +111,7 @@ def register(app: typer.Typer) -> None:
 
         from solens.describe.describe import neuron_report
         from solens.describe.pools import pool_slug
+        from solens.models.model import RANDOM_WEIGHTS
         from solens.store.run import Run
 
         r = Run.open(run)
@@ -118,6 +119,8 @@ def register(app: typer.Typer) -> None:
         name = pool_slug(Path(pool).stem) if Path(pool).is_file() else pool
         rep = neuron_report(r, layer, neuron, name, nonneg)
         console = Console()
+        if rep["random_weights"]:
+            console.print(f"[bold red]{RANDOM_WEIGHTS}[/bold red]: {rep['model']}")
         console.print(
             f"[bold]layer {layer} neuron {neuron}[/bold]  tau={rep['tau']:.4g} "
             f"(k={rep['k']})  var explained by r: top-k {rep['var_topk']:.3f}, "

@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
             ..., "--out", help="Run folder (created, or resumed if it exists)."
         ),
         pretrained: str | None = typer.Option(
-            None, "--pretrained", help="open_clip pretrained tag."
+            None,
+            "--pretrained",
+            help="open_clip pretrained tag, or 'random' for randomly initialised weights.",
         ),
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", help="Local weights file for --model's architecture."
@@ -58,12 +60,14 @@ def register(app: typer.Typer) -> None:
         same command resumes a killed run. Format: docs/run-format.md.
         """
         from solens.models.devices import resolve_device
-        from solens.models.loading import load_model
+        from solens.models.loading import load_model, require_weights
+        from solens.models.model import RANDOM_WEIGHTS, is_random
         from solens.store.compute import check_layers, run_effects
         from solens.store.images import open_images
 
         layer_list = int_list(layers, "--layers")
         source = open_images(images)  # missing / empty folder: fails before loading the model
+        require_weights(model, pretrained, checkpoint, cli=True)  # no silent random weights
         dev = resolve_device(device)
         m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu)
         check_layers(m, layer_list)
@@ -87,7 +91,8 @@ def register(app: typer.Typer) -> None:
             },
         )
         t = run.manifest.timings
+        random = f", model {m.info.name} with {RANDOM_WEIGHTS}" if is_random(m.info) else ""
         typer.echo(
             f"{run.path}: {run.n_images} images ({len(run.skipped)} skipped), "
-            f"layers {run.layers}, {t.get('images_per_s')} img/s"
+            f"layers {run.layers}, {t.get('images_per_s')} img/s{random}"
         )

@@ -29,6 +29,7 @@ from solens.describe.omp import omp, prepare_dictionary
 from solens.describe.pools import Pool, embed_pool, load_pool, pool_slug
 from solens.describe.stats import compute_stats, has_stats, load_stats, resolve_k
 from solens.errors import InputError
+from solens.models.model import RANDOM, RANDOM_WEIGHTS, is_random
 from solens.store.arrays import save_text_atomic
 from solens.store.protocol import DescriptionsDoc, NeuronDescription, PoolRecord, Term
 from solens.store.run import Run, layer_dir, now
@@ -56,10 +57,13 @@ def _sig(x: Any, digits: int = 7) -> float:
 
 
 def _markdown(doc: DescriptionsDoc, n_show: int = 8) -> str:
+    random = is_random(doc.model)
+    weights = f" with {RANDOM_WEIGHTS}" if random else f" ({doc.model.get('pretrained')})"
     lines = [
-        f"# {doc.pool.name} descriptions, layer {doc.layer} ({doc.method})",
+        f"# {doc.pool.name} descriptions, layer {doc.layer} ({doc.method})"
+        + (", RANDOM WEIGHTS" if random else ""),
         "",
-        f"Model {doc.model.get('name')} ({doc.model.get('pretrained')}), "
+        f"Model {doc.model.get('name')}{weights}, "
         f"{doc.n_images} images, top-k {doc.k}, {doc.n_terms} terms per neuron; "
         f"first {n_show} terms by |coefficient|.",
         "",
@@ -138,12 +142,15 @@ def describe_layer(
         )
         for n in range(st.n_neurons)
     ]
+    model_record = {k_: run.model.get(k_) for k_ in ("name", "pretrained", "quick_gelu")}
+    if is_random(run.model):  # runs written before "random" was the label have None
+        model_record["pretrained"] = RANDOM
     doc = DescriptionsDoc(
         run_id=run.run_id,
         run=str(run.path),
         layer=layer,
         convention="exact",
-        model={k_: run.model.get(k_) for k_ in ("name", "pretrained", "quick_gelu")},
+        model=model_record,
         pool=PoolRecord(pool.name, pool.source, len(pool), pool.content_hash),
         method="nnomp" if nonneg else "omp",
         n_terms=n_terms,
@@ -234,6 +241,8 @@ def neuron_report(run: Run, layer: int, neuron: int, pool: str | None = "words-3
     out["image_root"] = run.image_root
     out["layer"] = layer
     out["k"] = st.k
+    out["model"] = run.model.get("name")
+    out["random_weights"] = is_random(run.model)
     out["terms"] = None
     out["cosine"] = None
     if pool is not None and descriptions_path(run, pool, layer, nonneg).exists():

@@ -33,7 +33,7 @@ from solens.models.checkpoints import (
     read_state_dict,
 )
 from solens.models.hub import _require_hf_text, _weights_source, fetch_pretrained, resolve_schema
-from solens.models.model import Model
+from solens.models.model import RANDOM, Model
 from solens.models.names import (
     _HF_PREFIX,
     _LOCAL_PREFIX,
@@ -44,10 +44,11 @@ from solens.models.names import (
     check_config_supported,
     list_models,
     list_pretrained_tags,
+    no_weights_error,
 )
 
 # list_models / list_pretrained_tags are re-exported: error messages point users here
-__all__ = ["list_models", "list_pretrained_tags", "load_model"]
+__all__ = ["list_models", "list_pretrained_tags", "load_model", "require_weights"]
 
 
 # --- building ------------------------------------------------------------------------------
@@ -182,6 +183,29 @@ def _load_schema(name: str, device: str | torch.device, quick_gelu: bool | None)
     )
 
 
+def _carries_weights(name: str) -> bool:
+    """Names whose weights come with them: solens-tiny, hf-hub:, local-dir:."""
+    return name == TINY or name.startswith((_HF_PREFIX, _LOCAL_PREFIX))
+
+
+def require_weights(
+    name: str,
+    pretrained: str | None,
+    checkpoint: str | os.PathLike[str] | None,
+    *,
+    cli: bool = False,
+) -> None:
+    """Refuse an open_clip ``name`` given neither ``pretrained`` nor ``checkpoint``
+    (``UnknownModelError`` listing its tags; ``"random"`` asks for random weights). An
+    unknown or unsupported name fails as in ``load_model``. ``cli``: the message names the
+    ``solens`` options instead of the arguments."""
+    if pretrained is not None or checkpoint is not None or _carries_weights(name):
+        return
+    name = name.replace("/", "-")
+    check_config_supported(name, _model_config(name))
+    raise no_weights_error(name, cli=cli)
+
+
 def load_model(
     name: str,
     pretrained: str | None = None,
@@ -194,7 +218,10 @@ def load_model(
 
     - ``load_model("ViT-B-32", "openai")``: open_clip name + pretrained tag (weights from
       the local cache; see ``solens.models.hub`` for what happens offline).
-    - ``load_model("ViT-B-32")``: random weights (``info.pretrained`` is None).
+    - ``load_model("ViT-B-32", "random")``: randomly initialised weights, asked for
+      explicitly (``info.pretrained`` and ``info.extra["weights"]`` are ``"random"``);
+      ``load_model("ViT-B-32")`` without weights is an ``UnknownModelError`` that lists
+      the tags.
     - ``load_model("ViT-B-32", checkpoint="model.pt")``: a local file, open_clip state dict
       (``.pt/.bin/.pth``, possibly ``{"state_dict": ...}`` with ``module.`` prefixes),
       ``.safetensors``, or an OpenAI TorchScript archive; ``info.pretrained`` is
@@ -216,8 +243,10 @@ def load_model(
             raise UnknownModelError(f"{name} carries its own weights; drop pretrained=/checkpoint=")
         return _load_schema(name, device, quick_gelu)
     name = name.replace("/", "-")
+    random = pretrained is not None and pretrained.lower() == RANDOM
     if (
         pretrained is not None
+        and not random
         and checkpoint is None
         and (os.path.isfile(pretrained) or _looks_like_path(pretrained))
     ):
@@ -227,6 +256,8 @@ def load_model(
 
     cfg = _model_config(name)
     check_config_supported(name, cfg)
+    if pretrained is None and checkpoint is None:
+        raise no_weights_error(name)
     _require_hf_text(name, cfg)
 
     qg_default, qg_why = bool(cfg.get("quick_gelu", False)), "config"
@@ -249,6 +280,8 @@ def load_model(
             "sha256": sha,
             "format": "torchscript" if jit else path.suffix.lstrip(".") or "torch",
         }
+    elif random:
+        label, extra = RANDOM, {"weights": RANDOM}
     elif pretrained is not None:
         label, tag_cfg = _resolve_tag(name, pretrained)
         weights_file = fetch_pretrained(name, label, tag_cfg)
@@ -261,8 +294,8 @@ def load_model(
             "file": weights_file,
             "source": _weights_source(tag_cfg),
         }
-    else:
-        extra = {"weights": "random"}
+    else:  # unreachable: refused above
+        raise no_weights_error(name)
 
     qg = qg_default if quick_gelu is None else bool(quick_gelu)
     if quick_gelu is not None and bool(quick_gelu) != qg_default and weights_file is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -21,6 +21,13 @@ SUPPORTED = (
     "ResidualAttentionBlocks (nn.MultiheadAttention), optional layer scale and "
     "final_ln_after_pool"
 )
+
+RANDOM = "random"
+"""``ModelInfo.pretrained`` and ``info.extra["weights"]`` of randomly initialised weights
+(``load_model(name, "random")``, ``Model.from_open_clip(..., pretrained="random")``)."""
+
+RANDOM_WEIGHTS = "RANDOM WEIGHTS (randomly initialised, not a trained model)"
+"""How reports flag a model (or run) with randomly initialised weights."""
 
 LOCATION_KEYS = ("checkpoint", "file", "location")
 """``ModelInfo.extra`` keys that say where weight files lie: not part of ``Model.identity``
@@ -55,6 +62,17 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def is_random(info: ModelInfo | Mapping[str, Any]) -> bool:
+    """True when ``info`` (a ``ModelInfo`` or a manifest's ``model`` dict) describes
+    randomly initialised weights: ``pretrained == "random"`` or ``extra["weights"] ==
+    "random"`` (runs written before ``"random"`` was the pretrained label have the latter)."""
+    if isinstance(info, ModelInfo):
+        pretrained, extra = info.pretrained, info.extra
+    else:
+        pretrained, extra = info.get("pretrained"), info.get("extra") or {}
+    return pretrained == RANDOM or extra.get("weights") == RANDOM
 
 
 def state_sha256(module: nn.Module, skip_prefix: str | None = None) -> str:
@@ -180,7 +198,11 @@ class Model:
         pretrained: str | None = None,
         source: str = "open_clip",
     ) -> Model:
-        """Wrap an open_clip ``CLIP`` the user already has (text tower used if present)."""
+        """Wrap an open_clip ``CLIP`` the user already has (text tower used if present).
+
+        ``pretrained`` labels the weights in reports and run manifests; ``"random"``
+        (``RANDOM``) marks randomly initialised ones (``info.extra["weights"] == "random"``).
+        """
         visual = getattr(clip_model, "visual", None)
         if visual is None:
             raise UnsupportedModelError(f"{type(clip_model).__name__} has no .visual tower")
@@ -192,7 +214,8 @@ class Model:
 
                 tokenizer = open_clip.get_tokenizer("ViT-B-32")
             text = OpenClipTextEncoder(clip_model, tokenizer)
-        info = describe_visual(visual, name=name, pretrained=pretrained, source=source)
+        extra = {"weights": RANDOM} if pretrained == RANDOM else {}
+        info = describe_visual(visual, name=name, pretrained=pretrained, source=source, extra=extra)
         clip_model.eval()
         return cls(visual, text, preprocess, info, owner=clip_model)
 

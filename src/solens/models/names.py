@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from solens.errors import UnknownModelError, UnsupportedModelError
-from solens.models.model import SUPPORTED
+from solens.models.model import RANDOM, SUPPORTED
 
 TINY = "solens-tiny"
 _HF_PREFIX = "hf-hub:"
@@ -39,6 +39,28 @@ def list_pretrained_tags(name: str) -> list[str]:
     import open_clip
 
     return list(open_clip.list_pretrained_tags_by_model(name))
+
+
+def no_weights_error(name: str, *, cli: bool = False) -> UnknownModelError:
+    """The one-line refusal of an open_clip name given without weights: it lists the
+    model's pretrained tags (or says it has none) and how to ask for random weights.
+    ``cli``: spelled as ``solens`` options (``--pretrained``) instead of arguments."""
+    tag, ckpt, rand = (
+        ("--pretrained TAG", "--checkpoint PATH", f"--pretrained {RANDOM}")
+        if cli
+        else ("pretrained=TAG", "checkpoint=PATH", f"pretrained={RANDOM!r}")
+    )
+    random = f"or {rand} for randomly initialised weights"
+    tags = list_pretrained_tags(name)
+    if not tags:
+        return UnknownModelError(
+            f"no weights given for model {name!r} (it has no pretrained tags in open_clip): "
+            f"pass {ckpt}, {random}"
+        )
+    return UnknownModelError(
+        f"no weights given for model {name!r}: pass {tag} or {ckpt}, {random}; "
+        f"its tags: {', '.join(tags)}"
+    )
 
 
 def _unknown_model(name: str) -> UnknownModelError:
@@ -96,8 +118,8 @@ def _resolve_tag(name: str, tag: str) -> tuple[str, dict[str, Any]]:
     tags = list_pretrained_tags(name)
     if not tags:
         raise UnknownModelError(
-            f"model {name!r} has no pretrained tags in open_clip; use pretrained=None "
-            "(random weights) or checkpoint=PATH"
+            f"model {name!r} has no pretrained tags in open_clip; use checkpoint=PATH, or "
+            f"pretrained={RANDOM!r} for randomly initialised weights"
         )
     close = difflib.get_close_matches(_clean_tag(tag), tags, n=3, cutoff=0.4)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""

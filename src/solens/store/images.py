@@ -48,10 +48,53 @@ def _classes(labels: Sequence[str | None] | None) -> list[str]:
     return sorted({lab for lab in labels if lab is not None}) if labels else []
 
 
+_WIDE_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _int_range(image: Image.Image) -> int:
+    """The largest value of a 16/32-bit grayscale image's format (what maps to white).
+
+    ``I;16*``: 65535. ``I``: a PNG's is 16-bit gray (older Pillow opens it as ``I``), a
+    TIFF's says its bit depth (BitsPerSample, SampleFormat), anything else is taken as
+    16-bit (PGM and PNG are where 32-bit ``I`` images come from in practice).
+    """
+    if image.mode != "I":
+        return 65535
+    bits, signed = 16, False
+    tags = getattr(image, "tag_v2", None)
+    if image.format == "TIFF" and tags is not None:
+        b = tags.get(258, 16)  # BitsPerSample
+        bits = int(b[0] if isinstance(b, tuple) else b)
+        fmt = tags.get(339, 1)  # SampleFormat: 1 unsigned, 2 signed
+        signed = int(fmt[0] if isinstance(fmt, tuple) else fmt) == 2
+    return (1 << (bits - signed)) - 1
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode (grayscale, palette, RGBA, CMYK, 16-bit) -> RGB, as ``convert("RGB")``
-    (alpha is dropped, as in open_clip's own transform)."""
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """Any mode -> 8-bit RGB, scaled by the image's bit depth (white stays white).
+
+    - ``1``, ``L``, ``LA``, ``P``, ``PA``, ``RGBA``, ``CMYK``, ``YCbCr`` and 16-bit RGB(A)
+      files (which Pillow opens as 8-bit ``RGB``/``RGBA``): ``convert("RGB")``; alpha is
+      dropped, as in open_clip's own transform.
+    - 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): 0..65535 -> 0..255.
+    - 32-bit integer ``I``: 0..max of its format (``_int_range``: 65535 for PNG, the bit
+      depth of a TIFF) -> 0..255. Pillow's own ``convert`` clips these at 255 instead,
+      which turns a 16-bit grayscale picture nearly white.
+    - float ``F``: values in 0..1 when the image's maximum is <= 1, else in 0..255.
+
+    Values outside the range are clipped.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_INT_MODES or image.mode == "F":
+        a = np.nan_to_num(np.asarray(image).astype(np.float64))
+        if image.mode == "F":
+            top = 1.0 if a.size == 0 or a.max() <= 1.0 else 255.0
+        else:
+            top = float(_int_range(image))
+        gray = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return image.convert("RGB")
 
 
 @dataclass

@@ -21,6 +21,7 @@ import numpy as np
 from solens import __version__
 from solens.errors import InputError, RunMismatchError, SolensError
 from solens.models.loading import load_model
+from solens.models.model import RANDOM_WEIGHTS, is_random
 from solens.store.arrays import ChunkedArray, remove_stale_tmp, save_npy_atomic
 from solens.store.images import FolderImages, parse_synth
 from solens.store.protocol import (
@@ -534,17 +535,24 @@ class Run:
         """Re-load the model that computed the run (from the manifest's ``model``: a
         checkpoint, hf-hub/local-dir, solens-tiny or an open_clip pretrained tag) on
         ``device`` and check its vision weights against ``weights_sha256``
-        (``RunMismatchError`` when they differ; ``InputError`` for random weights)."""
+        (``RunMismatchError`` when they differ; ``InputError`` for random weights and for
+        models given in Python without a record of their weights)."""
 
         info = self.model
         extra = info.get("extra") or {}
         name = info["name"]
         qg = bool(info.get("quick_gelu", False))
         how = extra.get("weights")
-        if how == "random":
+        if is_random(info):
             raise InputError(
-                f"run {self.path} was computed with randomly initialised weights of {name}; "
-                "they cannot be re-loaded: pass the model in Python (describe_run(..., model=))"
+                f"run {self.path} was computed by {name} with {RANDOM_WEIGHTS}; they cannot "
+                "be re-loaded: pass the model in Python (describe_run(..., model=))"
+            )
+        if how is None and info.get("pretrained") is None:
+            raise InputError(
+                f"run {self.path} was computed with a model given in Python ({name}, "
+                "pretrained=None: its weights are not recorded); it cannot be re-loaded: pass "
+                "the model in Python (describe_run(..., model=))"
             )
         if how == "checkpoint":
             model = load_model(name, checkpoint=extra["checkpoint"], device=device, quick_gelu=qg)
