@@ -69,6 +69,9 @@ def register(app: typer.Typer) -> None:
         offsets and the image-independent directions of both conventions. Re-running the
         same command resumes a killed run. Format: docs/run-format.md.
         """
+        from solens.models.catalog import check_model_name
+
+        check_model_name(model)  # a mistyped --model fails before torch is imported (seconds)
         from solens.models.devices import resolve_device
         from solens.models.loading import load_model
         from solens.store.compute import check_layers, run_effects
