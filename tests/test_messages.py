@@ -160,3 +160,9 @@ def test_no_decodable_image_gives_the_first_reason(tmp_path: Path) -> None:
     assert msg.startswith("none of the 3 images could be decoded (first: a.png: "
                           "UnidentifiedImageError: cannot identify image file")  # fmt: skip
     assert msg.endswith(f"; all reasons in {tmp_path / 'run' / 'manifest.json'} 'skipped')")
+
+
+def test_demo_k_above_n_fails_before_any_work(tmp_path: Path, capsys) -> None:
+    line = one_line_error(["demo", "--n", "50", "--out", str(tmp_path / "demo")], capsys)
+    assert line == "--k 100 is more than the run's 50 images: give --k 50 or less (Python: k=50)"
+    assert not (tmp_path / "demo").exists()

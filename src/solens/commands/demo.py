@@ -29,7 +29,10 @@ def register(app: typer.Typer) -> None:
         Example: solens demo --out demo-out --n 200
         """
         from solens.demo import run_demo, summary_line
+        from solens.describe.stats import resolve_k
 
+        if describe:
+            resolve_k(n, k)  # --k above --n fails now, not after the effects are computed
         summary = run_demo(out, n=n, pool=pool, k=k, terms=terms, describe=describe,
                            progress=progress, log=lambda m: typer.echo(m, err=True))
         typer.echo(summary_line(summary))
