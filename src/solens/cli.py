@@ -92,6 +92,8 @@ def _tidy(command: Any) -> None:
     for param in command.params:
         if isinstance(param, TyperArgument):
             param.__class__ = _Argument
+            if param.metavar is None and param.name:
+                param.metavar = param.name.upper()
         elif getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""  # a flag takes no value: no type to show
     get_help_option = getattr(command, "get_help_option", None)
