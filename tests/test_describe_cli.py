@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,10 +15,12 @@ from solens.describe.describe import (
     descriptions_path,
     load_descriptions,
     neuron_report,
+    resolve_terms,
 )
 from solens.describe.omp import omp, prepare_dictionary
 from solens.describe.pools import embed_pool, load_pool
 from solens.describe.stats import compute_stats, load_stats
+from solens.errors import InputError
 from solens.store import Run, run_effects
 
 from .store_helpers import image_folder, save_local_model
@@ -110,6 +113,61 @@ def test_cli_errors(env, capsys, args, message) -> None:
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("solens: error:") and message in err[0]
+
+
+def _no_model_no_pool(monkeypatch) -> None:
+    """Loading the model or embedding the pool fails the test."""
+    import solens.describe.describe as describe_mod
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded or the pool embedded")
+
+    monkeypatch.setattr(describe_mod, "embed_pool", refuse)
+    monkeypatch.setattr(Run, "load_model", refuse)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--k", "25"], "--k 25 is more than the run's 24 images: give --k 24 or less "
+                    "(Python: k=24)"),
+    (["--terms", "17"], "--terms 17 is more than the run's embedding dimension (16): at most "
+                        "16 terms can be independent; give --terms 16 or less "
+                        "(Python: n_terms=16)"),
+])
+def test_cli_k_and_terms_checked_before_the_pool_is_embedded(env, capsys, monkeypatch, args,
+                                                             message) -> None:
+    _no_model_no_pool(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        main(["describe", str(env["run"].path), "--pool", str(env["pool"]), "--no-progress",
+              *args])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"solens: error: {message}\n"
+    with pytest.raises(InputError, match="^" + re.escape(message) + "$"):
+        describe_run(env["run"], str(env["pool"]), [2], **(
+            {"k": 25} if args[0] == "--k" else {"n_terms": 17}))
+
+
+def test_resolve_terms() -> None:
+    assert resolve_terms(None, 512, 30000) == 128
+    assert resolve_terms(None, 96, 30000) == 96
+    assert resolve_terms(None, 512, 40) == 40
+    assert resolve_terms(7, 16, 30) == 7
+    with pytest.raises(InputError) as e:
+        resolve_terms(20, 512, 10, "pool 'mine'")
+    assert str(e.value) == ("--terms 20 is more than the 10 texts of pool 'mine': give --terms "
+                            "10 or less (Python: n_terms=10)")
+
+
+def test_cli_default_terms_capped_and_recorded(env, capsys) -> None:
+    run = env["run"].path
+    main(["describe", str(run), "--pool", str(env["pool"]), "--layers", "2", "--k", "4",
+          "--no-progress"])
+    out, err = capsys.readouterr()
+    assert err == "--terms 16: the default 128 capped at the run's embedding dimension\n"
+    assert "OMP 16 terms" in " ".join(out.split())
+    doc = load_descriptions(run, "words", 2)
+    assert doc.n_terms == 16 and max(len(e.terms) for e in doc.neurons) <= 16
+    assert describe_run(env["run"], str(env["pool"]), [2], model=env["model"], k=4,
+                        n_terms=None)[0].n_terms == 16
 
 
 def test_v1_descriptions_read_through_descriptions_doc(tmp_path) -> None:

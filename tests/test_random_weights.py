@@ -126,7 +126,8 @@ def test_random_run_is_flagged_everywhere(tmp_path, capsys) -> None:
 
     pool = tmp_path / "words.txt"
     pool.write_text("dog\ncat\nship\ncar\nred\nblue\n")
-    line = _one_line_error(*_cli(["describe", str(out), "--pool", str(pool)], capsys)[::2])
+    line = _one_line_error(*_cli(["describe", str(out), "--pool", str(pool), "--k", "2"],
+                                 capsys)[::2])
     assert "RANDOM WEIGHTS" in line  # `solens describe` stops at Run.load_model
 
     docs = describe_run(run, str(pool), [1], model=load_model(NAME, "random"), n_terms=2, k=2)

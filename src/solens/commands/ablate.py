@@ -46,8 +46,11 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", metavar="NAME", help="cpu, cuda, auto."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
-        """Zero-shot accuracy per layer with the effects mean-ablated, thresholded, rank 1,
-        text-reconstructed, indirect and direct; PC1 variance; fraction significant.
+        """Zero-shot accuracy per layer under the paper's ablations of the run's effects.
+
+        Variants: second-order effects mean-ablated (all, significant only, insignificant
+        only), rank 1, text reconstruction, indirect, direct; plus PC1 variance of
+        second-order vs indirect effects and the fraction of images above tau_n.
 
         Example: solens ablate runs/tiny --eval synth:balanced:2000:12345
 

@@ -12,31 +12,44 @@ from solens.commands._args import int_list
 def register(app: typer.Typer) -> None:
     @app.command("describe")
     def describe_cmd(
-        run: Path = typer.Argument(..., help="Run folder written by `solens effects`."),
+        run: Path = typer.Argument(
+            ..., metavar="RUN", help="Run folder written by `solens effects`."
+        ),
         pool: str = typer.Option(
             "words-30k",
             "--pool",
+            metavar="POOL",
             help="words-30k, words-10k, imagenet-classes, imagenet-descriptions, world, "
             "or a text file (one text per line).",
         ),
-        terms: int = typer.Option(128, "--terms", min=1, help="OMP terms per neuron."),
+        terms: int | None = typer.Option(
+            None, "--terms", min=1, metavar="N",
+            help="OMP terms per neuron, at most the run's embedding dimension (default: 128, "
+            "or the embedding dimension or pool size if smaller).",
+        ),
         layers: list[str] | None = typer.Option(
-            None, "--layers", "--layer", help="Layers to describe (default: all of the run)."
+            None, "--layers", "--layer", metavar="LAYER...",
+            help="Layers to describe (default: all of the run).",
         ),
         nonneg: bool = typer.Option(
             False, "--nonneg", help="Non-negative OMP (positive coefficients only)."
         ),
-        k: int = typer.Option(100, "--k", min=1, help="Top images per neuron (tau, r_n)."),
+        k: int = typer.Option(
+            100, "--k", min=1, metavar="N", help="Top images per neuron (tau, r_n)."
+        ),
         top_percent: float | None = typer.Option(
-            None, "--top-percent", help="Top images as a percentage of the run (overrides --k)."
+            None, "--top-percent", metavar="PERCENT",
+            help="Top images as a percentage of the run (overrides --k).",
         ),
         recompute_stats: bool = typer.Option(
             False, "--recompute-stats", help="Recompute the statistics even if stored."
         ),
         batch_size: int = typer.Option(
-            1024, "--batch-size", min=1, help="Neurons per OMP batch."
+            1024, "--batch-size", min=1, metavar="N", help="Neurons per OMP batch."
         ),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
+        device: str = typer.Option(
+            "cpu", "--device", metavar="NAME", help="cpu, cuda, cuda:1 or auto."
+        ),
         allow_partial: bool = typer.Option(
             False, "--allow-partial", help="Describe the complete chunks of an unfinished run."
         ),
@@ -46,16 +59,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Describe every neuron by sparse text decomposition of its rank-1 direction r_n.
 
+        Example: solens describe runs/b32 --pool words-30k --layers 9 --terms 32
+
         Per layer: statistics (mean effect, centred norms, top-k images, tau, r_n, variance
         explained; stored in RUN/layer-LL/stats), the pool's text embeddings (cached in
         ~/.cache/solens/text or $SOLENS_CACHE), OMP of every r_n over the centred,
-        per-text normalised pool. Writes RUN/descriptions/<pool>[-nonneg]-layer-LL.json
+        per-text normalised pool. Writes RUN/descriptions/POOL[-nonneg]-layer-LL.json
         and .md. Definitions: docs/describe.md.
         """
         from rich.console import Console
         from rich.table import Table
 
-        from solens.describe.describe import describe_run, descriptions_path, summary_rows
+        from solens.describe.describe import (
+            DEFAULT_TERMS,
+            describe_run,
+            descriptions_path,
+            resolve_terms,
+            summary_rows,
+        )
         from solens.describe.pools import load_pool
         from solens.models.devices import resolve_device
         from solens.store.protocol import DescriptionsDoc
@@ -66,10 +87,12 @@ def register(app: typer.Typer) -> None:
         for l in layer_list or []:
             r.layer(l)
         p = load_pool(pool)  # unknown pool: fails before loading the model
+        d_embed = int(r.model["d_embed"])
+        n_terms = resolve_terms(terms, d_embed, len(p), f"pool {p.name!r}")
         dev = resolve_device(device)
         console = Console(stderr=False)
         table = Table(title=f"{r.path} - pool {p.name} ({len(p)} texts), "
-                            f"{'NNOMP' if nonneg else 'OMP'} {terms} terms")
+                            f"{'NNOMP' if nonneg else 'OMP'} {n_terms} terms")
         for col in ("layer", "neurons", "mean cos", "var top-k", "var all", "seconds",
                     "example (most rank-1 neuron)"):
             table.add_column(col)
@@ -87,25 +110,39 @@ def register(app: typer.Typer) -> None:
             written.append(descriptions_path(r, p.name, doc.layer, nonneg))
 
         describe_run(
-            r, p, layer_list, n_terms=terms, nonneg=nonneg, k=k, top_percent=top_percent,
+            r, p, layer_list, n_terms=n_terms, nonneg=nonneg, k=k, top_percent=top_percent,
             recompute_stats=recompute_stats, allow_partial=allow_partial,
             batch_size=batch_size, device=dev, progress=progress, on_layer=add,
         )
+        if terms is None and n_terms < DEFAULT_TERMS:
+            why = ("the run's embedding dimension" if n_terms == d_embed
+                   else f"the size of pool {p.name!r}")
+            typer.echo(f"--terms {n_terms}: the default {DEFAULT_TERMS} capped at {why}",
+                       err=True)
         console.print(table)
         for w in written:
             typer.echo(f"wrote {w} (+ .md)")
 
     @app.command("show")
     def show_cmd(
-        run: Path = typer.Argument(..., help="Run folder written by `solens effects`."),
-        layer: int = typer.Argument(..., help="Source layer."),
-        neuron: int = typer.Argument(..., help="Neuron index."),
-        pool: str = typer.Option("words-30k", "--pool", help="Pool of the descriptions."),
+        run: Path = typer.Argument(
+            ..., metavar="RUN", help="Run folder written by `solens effects`."
+        ),
+        layer: int = typer.Argument(..., metavar="LAYER", help="Source layer."),
+        neuron: int = typer.Argument(..., metavar="NEURON", help="Neuron index."),
+        pool: str = typer.Option(
+            "words-30k", "--pool", metavar="POOL", help="Pool of the descriptions."
+        ),
         nonneg: bool = typer.Option(False, "--nonneg", help="Show the NNOMP descriptions."),
-        n_terms: int = typer.Option(15, "--terms", min=1, help="Terms to print."),
-        n_images: int = typer.Option(10, "--images", min=0, help="Top images to print."),
+        n_terms: int = typer.Option(15, "--terms", min=1, metavar="N", help="Terms to print."),
+        n_images: int = typer.Option(
+            10, "--images", min=0, metavar="N", help="Top images to print."
+        ),
     ) -> None:
-        """Print one neuron: top terms, tau, variance explained, top images."""
+        """Print one neuron: top terms, tau, variance explained, top images.
+
+        Example: solens show runs/b32 9 1234 --pool words-30k
+        """
         from rich.console import Console
         from rich.table import Table
 

@@ -13,37 +13,46 @@ def register(app: typer.Typer) -> None:
     @app.command("effects")
     def effects_cmd(
         model: str = typer.Option(
-            ..., "--model", help="open_clip name (ViT-B-32), hf-hub:/local-dir: id or solens-tiny."
+            ..., "--model", metavar="NAME",
+            help="open_clip name (ViT-B-32), hf-hub:/local-dir: id or solens-tiny.",
         ),
         layers: list[str] = typer.Option(
-            ..., "--layers", help="Source blocks, e.g. --layers 8 9 10 (valid: 0..L-2)."
+            ..., "--layers", metavar="LAYER...",
+            help="Source blocks, e.g. --layers 8 9 10 (valid: 0..L-2).",
         ),
         images: str = typer.Option(
             ...,
             "--images",
+            metavar="FOLDER",
             help="Image folder (recursive; sub-folders = labels) or synth:SPLIT:N[:SEED].",
         ),
         out: Path = typer.Option(
-            ..., "--out", help="Run folder (created, or resumed if it exists)."
+            ..., "--out", metavar="RUN", help="Run folder (created, or resumed if it exists)."
         ),
         pretrained: str | None = typer.Option(
-            None,
-            "--pretrained",
-            help="open_clip pretrained tag, or 'random' for randomly initialised weights.",
+            None, "--pretrained", metavar="TAG",
+            help="open_clip pretrained tag (openai, ...), or 'random' for randomly initialised "
+            "weights.",
         ),
         checkpoint: Path | None = typer.Option(
-            None, "--checkpoint", help="Local weights file for --model's architecture."
+            None, "--checkpoint", metavar="PATH",
+            help="Local weights file for --model's architecture.",
         ),
-        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+        batch_size: int = typer.Option(
+            32, "--batch-size", min=1, metavar="N", help="Images per forward pass."
+        ),
         chunk_size: int | None = typer.Option(
             None,
             "--chunk-size",
             min=1,
+            metavar="N",
             help="Images per stored chunk (default: the existing run's, else ~128 MiB).",
         ),
-        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto."),
+        device: str = typer.Option(
+            "auto", "--device", metavar="NAME", help="cpu, cuda, cuda:1 or auto."
+        ),
         workers: int | None = typer.Option(
-            None, "--workers", min=1, help="Image decoding threads."
+            None, "--workers", min=1, metavar="N", help="Image decoding threads."
         ),
         quick_gelu: bool | None = typer.Option(
             None, "--quick-gelu/--no-quick-gelu", help="Override the activation the weights imply."
@@ -54,11 +63,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Trace images through the model and store the second-order coefficients of --layers.
 
+        Example: solens effects --model ViT-B-32 --pretrained openai --layers 9
+        --images ~/imagenet/val --out runs/b32
+
         One traced forward per batch; per layer the run stores the coefficients s
         (images x neurons x later heads), the exact norms ||phi_n(I)||, the official
         offsets and the image-independent directions of both conventions. Re-running the
         same command resumes a killed run. Format: docs/run-format.md.
         """
+        from solens.models.catalog import check_model_name
+
+        check_model_name(model)  # a mistyped --model fails before torch is imported (seconds)
         from solens.models.devices import resolve_device
         from solens.models.loading import load_model, require_weights
         from solens.models.model import RANDOM_WEIGHTS, is_random

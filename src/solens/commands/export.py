@@ -10,16 +10,20 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
-        run: Path = typer.Argument(..., help="Run folder written by `solens effects`."),
-        layer: int = typer.Option(..., "--layer", help="Source block to export."),
-        out: Path = typer.Option(..., "--out", help="Output .npy file."),
+        run: Path = typer.Argument(
+            ..., metavar="RUN", help="Run folder written by `solens effects`."
+        ),
+        layer: int = typer.Option(..., "--layer", metavar="LAYER", help="Source block to export."),
+        out: Path = typer.Option(..., "--out", metavar="FILE", help="Output .npy file."),
         convention: str = typer.Option(
             "exact",
             "--convention",
+            metavar="NAME",
             help="exact (contributions to f(I)) or official (reference code: 100/||f|| scaled).",
         ),
         neurons: list[str] | None = typer.Option(
-            None, "--neurons", help="Neuron indices or ranges, e.g. --neurons 0 5 100:200."
+            None, "--neurons", metavar="NEURON...",
+            help="Neuron indices or ranges, e.g. --neurons 0 5 100:200.",
         ),
         allow_partial: bool = typer.Option(
             False, "--allow-partial", help="Export the complete chunks of an unfinished run."
@@ -29,6 +33,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Export one layer's effects as a single .npy (images x neurons x d).
+
+        Example: solens export runs/b32 --layer 9 --out b32-layer9.npy --neurons 0:100
 
         float32 in the reference repository's layout; image order = the run's image list.
         Streamed chunk by chunk into the file, never whole in memory.

@@ -5,32 +5,42 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from solens.errors import InputError
-from solens.store.arrays import save_json_atomic
-from solens.synth import sample
-from solens.tiny.config import TrainConfig
-from solens.tiny.evaluate import evaluate
-from solens.tiny.loop import train
-from solens.tiny.model import WEIGHTS_PATH, as_model, load_clip
 
-synth_app = typer.Typer(help="The synthetic world and the bundled model solens-tiny.",
-                        no_args_is_help=True)
+SYNTH_HELP = """The synthetic world and the bundled model solens-tiny.
+
+Example: solens synth render --out scenes --n 100 --split conflict
+"""
+synth_app = typer.Typer(help=SYNTH_HELP, no_args_is_help=True)
 
 DEFAULT_CONFIG = Path("configs/solens-tiny.json")
 
 
 @synth_app.command("train")
 def train_cmd(
-    config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Training config (JSON)."),
-    out: Path = typer.Option(Path("runs/solens-tiny-train"), "--out", help="Output folder."),
+    config: Path = typer.Option(
+        DEFAULT_CONFIG, "--config", metavar="FILE", help="Training config (JSON)."
+    ),
+    out: Path = typer.Option(
+        Path("runs/solens-tiny-train"), "--out", metavar="FOLDER", help="Output folder."
+    ),
     resume: bool = typer.Option(True, "--resume/--restart", help="Resume from a checkpoint."),
-    device: str | None = typer.Option(None, "--device", help="Override the config's device."),
-    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (and save) early."),
+    device: str | None = typer.Option(
+        None, "--device", metavar="NAME", help="Override the config's device (cpu, cuda)."
+    ),
+    max_minutes: float | None = typer.Option(
+        None, "--max-minutes", metavar="MINUTES", help="Stop (and save) early."
+    ),
 ) -> None:
-    """Train solens-tiny from scratch (fixed seed; reproduces the shipped weights)."""
+    """Train solens-tiny from scratch (fixed seed; reproduces the shipped weights).
+
+    Example: solens synth train --config configs/solens-tiny.json --out runs/tiny-train
+    """
+    from solens.tiny.config import TrainConfig
+    from solens.tiny.loop import train
+
     if not config.is_file():
         raise InputError(f"--config {config}: no such file")
     try:
@@ -47,15 +57,31 @@ def train_cmd(
 
 @synth_app.command("eval")
 def eval_cmd(
-    n: int = typer.Option(2000, "--n", min=20, help="Held-out images per split."),
-    seed: int = typer.Option(12345, "--seed", help="Held-out split seed (never used in training)."),
-    weights: Path | None = typer.Option(None, "--weights", help="Weights other than the shipped."),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="A training run's checkpoint.pt (e.g. of a run still training)."
+    n: int = typer.Option(
+        2000, "--n", min=20, metavar="N", help="Held-out images per split."
     ),
-    out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
+    seed: int = typer.Option(
+        12345, "--seed", metavar="N", help="Held-out split seed (never used in training)."
+    ),
+    weights: Path | None = typer.Option(
+        None, "--weights", metavar="FILE", help="Weights other than the shipped."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", metavar="FILE",
+        help="A training run's checkpoint.pt (e.g. of a run still training).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--json", metavar="FILE", help="Also write the results as JSON."
+    ),
 ) -> None:
-    """Print solens-tiny's accuracy table (zero-shot, conflict, attributes, block ablations)."""
+    """Print solens-tiny's accuracy table (zero-shot, conflict, attributes, block ablations).
+
+    Example: solens synth eval --n 500 --json eval.json
+    """
+    from solens.store.arrays import save_json_atomic
+    from solens.tiny.evaluate import evaluate
+    from solens.tiny.model import WEIGHTS_PATH, as_model, load_clip
+
     if weights is not None and checkpoint is not None:
         raise InputError("give --weights or --checkpoint, not both")
     path = checkpoint if checkpoint is not None else weights
@@ -108,13 +134,26 @@ def format_table(res: dict) -> str:
 
 @synth_app.command("render")
 def render_cmd(
-    out: Path = typer.Option(..., "--out", help="Folder to write PNGs into (sub-folder = label)."),
-    n: int = typer.Option(100, "--n", min=1),
-    split: str = typer.Option("balanced", "--split", help="train, balanced or conflict."),
-    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(
+        ..., "--out", metavar="FOLDER", help="Folder to write PNGs into (sub-folder = label)."
+    ),
+    n: int = typer.Option(100, "--n", min=1, metavar="N", help="Number of scenes to render."),
+    split: str = typer.Option(
+        "balanced", "--split", metavar="SPLIT", help="train, balanced or conflict."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", metavar="N", help="Seed of the scenes (same seed, same scenes)."
+    ),
     masks: bool = typer.Option(False, "--masks/--no-masks", help="Also write object masks."),
 ) -> None:
-    """Render scenes to an image folder that ``solens effects --images`` can read."""
+    """Render scenes to an image folder that `solens effects --images` can read.
+
+    Example: solens synth render --out scenes --n 100 --split conflict --seed 1
+    """
+    import numpy as np
+
+    from solens.synth import sample
+
     try:
         scenes = sample(n, split=split, seed=seed)
     except ValueError as e:

@@ -37,6 +37,9 @@ from solens.store.run import Run, layer_dir, now
 DESCRIPTIONS_DIR = "descriptions"
 FORMAT = DescriptionsDoc.FORMAT
 VERSION = DescriptionsDoc.VERSION
+DEFAULT_TERMS = 128
+"""OMP terms per neuron when none are asked for (fewer when the run's embedding dimension or
+the pool is smaller: see ``resolve_terms``)."""
 DICTIONARY_RULE = (
     "D = normalize_rows(normalize_rows(E) - mean(normalize_rows(E))): each text embedding "
     "L2-normalised, pool mean subtracted, each text normalised again"
@@ -49,6 +52,32 @@ def descriptions_path(run: Run | str | Path, pool: str, layer: int, nonneg: bool
     path = run.path if isinstance(run, Run) else Path(run)
     tag = "-nonneg" if nonneg else ""
     return path / DESCRIPTIONS_DIR / f"{pool_slug(pool)}{tag}-{layer_dir(layer)}{suffix}"
+
+
+def resolve_terms(n_terms: int | None, d_embed: int, n_texts: int, pool: str = "the pool"
+                  ) -> int:
+    """OMP terms per neuron: ``n_terms``, or ``DEFAULT_TERMS`` capped at the embedding
+    dimension ``d_embed`` and the pool size when ``n_terms`` is None.
+
+    More terms than dimensions (or than texts) cannot be linearly independent, so an
+    explicit ``n_terms`` above either is an ``InputError``.
+    """
+    if n_terms is None:
+        return max(1, min(DEFAULT_TERMS, d_embed, n_texts))
+    if n_terms < 1:
+        raise InputError(f"--terms must be positive, got {n_terms}")
+    if n_terms > d_embed:
+        raise InputError(
+            f"--terms {n_terms} is more than the run's embedding dimension ({d_embed}): "
+            f"at most {d_embed} terms can be independent; give --terms {d_embed} or less "
+            f"(Python: n_terms={d_embed})"
+        )
+    if n_terms > n_texts:
+        raise InputError(
+            f"--terms {n_terms} is more than the {n_texts} texts of {pool}: give --terms "
+            f"{n_texts} or less (Python: n_terms={n_texts})"
+        )
+    return int(n_terms)
 
 
 def _sig(x: Any, digits: int = 7) -> float:
@@ -87,7 +116,7 @@ def describe_layer(
     pool: Any,
     dictionary: torch.Tensor,
     *,
-    n_terms: int = 128,
+    n_terms: int | None = None,
     nonneg: bool = False,
     k: int | None = 100,
     top_percent: float | None = None,
@@ -104,11 +133,14 @@ def describe_layer(
 
     ``pool``: a ``Pool``; ``dictionary`` [len(pool), d]: ``prepare_dictionary`` of its
     embeddings. Statistics are loaded when stored for the same run and k, else computed
-    (``allow_partial``: over the complete chunks of an unfinished run).
+    (``allow_partial``: over the complete chunks of an unfinished run). ``n_terms``: see
+    ``resolve_terms``; the document records the number used.
     """
     t0 = time.perf_counter()
     run.layer(layer)
     k_eff = resolve_k(run.n_images, k, top_percent)
+    n_terms = resolve_terms(n_terms, int(run.model["d_embed"]), int(dictionary.shape[0]),
+                            f"pool {pool.name!r}")
     if not recompute_stats and has_stats(run, layer, k=k_eff):
         st = load_stats(run, layer)
     else:
@@ -176,7 +208,7 @@ def describe_run(
     layers: Sequence[int] | None = None,
     *,
     model: Any = None,
-    n_terms: int = 128,
+    n_terms: int | None = None,
     nonneg: bool = False,
     k: int | None = 100,
     top_percent: float | None = None,
@@ -191,15 +223,17 @@ def describe_run(
     markdown file per layer and returns the documents.
 
     ``model`` defaults to ``run.load_model(device)`` (re-loaded from the manifest).
+    ``n_terms`` (see ``resolve_terms``) and ``k`` / ``top_percent`` are checked against the
+    run before the model is loaded and the pool embedded.
     """
     run = run if isinstance(run, Run) else Run.open(run)
     run.require_complete(allow_partial)
     layers = list(run.layers) if not layers else [int(l) for l in layers]
     for l in layers:
         run.layer(l)  # InputError for a layer not in the run
-    if n_terms < 1:
-        raise InputError(f"--terms must be positive, got {n_terms}")
     p = pool if isinstance(pool, Pool) else load_pool(pool)
+    n_terms = resolve_terms(n_terms, int(run.model["d_embed"]), len(p), f"pool {p.name!r}")
+    resolve_k(run.n_images, k, top_percent)  # a k the run cannot give fails here, not later
     if model is None:
         model = run.load_model(device)
     emb = embed_pool(model, p, progress=progress)

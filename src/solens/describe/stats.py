@@ -109,7 +109,10 @@ def resolve_k(n_images: int, k: int | None = 100, top_percent: float | None = No
     if k is None or k < 1:
         raise InputError(f"k must be a positive integer, got {k}")
     if k > n_images:
-        raise InputError(f"k={k} exceeds the number of images in the run ({n_images})")
+        raise InputError(
+            f"--k {k} is more than the run's {n_images} images: give --k {n_images} or less "
+            f"(Python: k={n_images})"
+        )
     return int(k)
 
 

@@ -99,7 +99,7 @@ def _not_available(name: str, tag: str, cfg: dict[str, Any]) -> UnknownModelErro
     return UnknownModelError(
         f"weights for {name} pretrained={tag!r} are not available offline (not in the local "
         f"cache); download {_weights_source(cfg)} where there is network and pass the file "
-        f"as checkpoint=PATH (CLI: --checkpoint PATH) with model {name!r}"
+        f"with --model {name} --checkpoint PATH (Python: checkpoint=PATH)"
     )
 
 
@@ -170,8 +170,9 @@ def resolve_schema(name: str) -> tuple[str, str, dict[str, Any]]:
         elif _offline() or not _reachable("huggingface.co"):
             raise UnknownModelError(
                 f"{name} is not available offline (not in the Hugging Face cache); download the "
-                f"repo's {HF_CONFIG_NAME} and weights where there is network, or pass "
-                "checkpoint=PATH with an open_clip model name"
+                f"repo's {HF_CONFIG_NAME} and weights where there is network and pass the "
+                "folder as --model local-dir:FOLDER, or the weights with an open_clip --model "
+                "NAME and --checkpoint PATH (Python: checkpoint=PATH)"
             )
     extra: dict[str, Any] = {"weights": "hf-hub" if name.startswith(_HF_PREFIX) else "local-dir"}
     label = name

@@ -47,7 +47,7 @@ from solens.models.names import (
     no_weights_error,
 )
 
-# list_models / list_pretrained_tags are re-exported: error messages point users here
+# list_models / list_pretrained_tags are re-exported: part of the API
 __all__ = ["list_models", "list_pretrained_tags", "load_model", "require_weights"]
 
 
@@ -132,7 +132,9 @@ def _load_tiny(
     pretrained: str | None, checkpoint: Any, device: str | torch.device, quick_gelu: bool | None
 ) -> Model:
     if checkpoint is not None:
-        raise UnknownModelError(f"{TINY} carries its own weights; checkpoint= is not accepted")
+        raise UnknownModelError(
+            f"{TINY} carries its own weights: drop --checkpoint (Python: checkpoint=)"
+        )
     load = names.bundled_models().get(TINY)
     if load is None:
         raise SolensError(
@@ -148,7 +150,10 @@ def _load_tiny(
             f"unknown pretrained tag {pretrained!r} for {TINY}; valid: {model.info.pretrained!r}"
         )
     if quick_gelu is not None and quick_gelu != model.info.quick_gelu:
-        raise UnsupportedModelError(f"{TINY} was trained with quick_gelu={model.info.quick_gelu}")
+        flag, how = ("--quick-gelu", "without") if quick_gelu else ("--no-quick-gelu", "with")
+        raise UnsupportedModelError(
+            f"{TINY} was trained {how} QuickGELU: drop {flag} (Python: quick_gelu=)"
+        )
     return model
 
 
@@ -240,7 +245,10 @@ def load_model(
         return _load_tiny(pretrained, checkpoint, device, quick_gelu)
     if name.startswith((_HF_PREFIX, _LOCAL_PREFIX)):
         if pretrained is not None or checkpoint is not None:
-            raise UnknownModelError(f"{name} carries its own weights; drop pretrained=/checkpoint=")
+            raise UnknownModelError(
+                f"{name} carries its own weights: drop --pretrained/--checkpoint "
+                "(Python: pretrained=/checkpoint=)"
+            )
         return _load_schema(name, device, quick_gelu)
     name = name.replace("/", "-")
     random = pretrained is not None and pretrained.lower() == RANDOM
@@ -252,7 +260,10 @@ def load_model(
     ):
         checkpoint, pretrained = pretrained, None
     if pretrained is not None and checkpoint is not None:
-        raise UnknownModelError("give either a pretrained tag or checkpoint=, not both")
+        raise UnknownModelError(
+            "give --pretrained TAG or --checkpoint PATH, not both "
+            "(Python: pretrained= or checkpoint=)"
+        )
 
     cfg = _model_config(name)
     check_config_supported(name, cfg)

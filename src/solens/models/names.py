@@ -1,4 +1,5 @@
-"""Model names and pretrained tags: what ``load_model`` accepts, close-name hints, configs.
+"""Model names and pretrained tags: what ``load_model`` accepts, configs (the fast name
+check and the close-name hints are in ``solens.models.catalog``).
 
 open_clip is imported inside the functions that need it: it is heavy, and ``import solens``
 should stay light.
@@ -9,15 +10,13 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import os
-from pathlib import Path
 from typing import Any
 
 from solens.errors import UnknownModelError, UnsupportedModelError
+from solens.models.catalog import _HF_PREFIX as _HF_PREFIX  # re-exported
+from solens.models.catalog import _LOCAL_PREFIX as _LOCAL_PREFIX  # re-exported
+from solens.models.catalog import TINY, unknown_model_error
 from solens.models.model import RANDOM, SUPPORTED
-
-TINY = "solens-tiny"
-_HF_PREFIX = "hf-hub:"
-_LOCAL_PREFIX = "local-dir:"
 
 
 def bundled_models() -> dict[str, importlib.metadata.EntryPoint]:
@@ -64,17 +63,7 @@ def no_weights_error(name: str, *, cli: bool = False) -> UnknownModelError:
 
 
 def _unknown_model(name: str) -> UnknownModelError:
-    models = list_models()
-    lower = {m.lower(): m for m in models}
-    close = [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=5)]
-    close += difflib.get_close_matches(name, models, n=5, cutoff=0.6)
-    close = list(dict.fromkeys(close))[:5]
-    hint = f"; did you mean: {', '.join(close)}?" if close else ""
-    if Path(name).is_file():
-        hint += f" ({name!r} is a file: pass it as checkpoint= together with its architecture name)"
-    return UnknownModelError(
-        f"unknown model {name!r}{hint} (all names: solens.models.loading.list_models())"
-    )
+    return unknown_model_error(name, list_models())
 
 
 def _model_config(name: str) -> dict[str, Any]:

@@ -184,9 +184,11 @@ def run_effects(
         )
         n_images = writer.manifest.n_images
     if n_images == 0 and writer.n_candidates > 0:
+        skipped = writer.manifest.skipped
+        first = f"first: {skipped[0].path}: {skipped[0].reason}; " if skipped else ""
         raise InputError(
             f"none of the {writer.n_candidates} images could be decoded "
-            f"(reasons in {out / MANIFEST} 'skipped')"
+            f"({first}all reasons in {out / MANIFEST} 'skipped')"
         )
     return Run.open(out)
 
