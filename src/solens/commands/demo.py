@@ -11,7 +11,10 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder."),
-        n: int = typer.Option(1000, "--n", min=50, help="Held-out images per split."),
+        n: int = typer.Option(1000, "--n", min=50,
+                              help="Scenes for the effects run, descriptions and scores (the "
+                                   "first N balanced scenes of the evaluation set; zero-shot "
+                                   "accuracy and ablations always use all of it)."),
         pool: str = typer.Option("world", "--pool", help="Text pool for descriptions."),
         k: int = typer.Option(100, "--k", min=2, help="Top images per neuron."),
         terms: int = typer.Option(10, "--terms", min=1, help="OMP terms per neuron."),
