@@ -41,7 +41,7 @@ LAST_BLOCK_NOTE = (
 )
 
 
-def _plot_ablation(ablation: dict[str, Any], path: Path) -> None:
+def _plot_ablation(ablation: dict[str, Any], path: Path, scenes: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +60,7 @@ def _plot_ablation(ablation: dict[str, Any], path: Path) -> None:
     if last in layers:
         ax.text(last - 0.5 * w, 3, "none", rotation=90, ha="center", va="bottom", fontsize=7)
     ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"no ablation ({100 * base:.1f}%)")
-    ax.set_xlabel("block whose MLP effect is mean-ablated")
+    ax.set_xlabel(f"block whose MLP effect is mean-ablated ({scenes})")
     ax.set_ylabel("zero-shot top-1 (%)")
     ax.set_xticks(layers)
     ax.set_ylim(0, 100)
@@ -91,9 +91,8 @@ def _report(summary: dict[str, Any]) -> str:
         f"- **Zero-shot accuracy and block ablations** (`solens.tiny.evaluate.headline`): "
         f"{es['description']}. {_same_as_model_card(es)}The scenes are held out: training "
         "samples only the `train` split.",
-        f"- **Second-order effects, descriptions and their ground-truth scores**: the first "
-        f"{ri['n']:,} of those {n:,} balanced scenes (`{ri['spec']}`), blocks "
-        f"{_span(summary['layers'])}.",
+        f"- **Second-order effects, descriptions and their ground-truth scores**: "
+        f"{ri['note']} (`{ri['spec']}`), blocks {_span(summary['layers'])}.",
         "",
         "## Zero-shot classification (\"a photo of a {class}\", 20 classes)",
         "",
@@ -136,7 +135,7 @@ def _report(summary: dict[str, Any]) -> str:
     ]
     if last is not None:
         lines += ["", f"Block {last}, the last block, {LAST_BLOCK_NOTE}."]
-    if m["name"] == "solens-tiny":
+    if m["name"] == "solens-tiny" and worst["block"] == 0:
         lines += [
             "",
             "On solens-tiny, block 0's dominance is planted by its training recipe (MLP drop "
@@ -167,9 +166,11 @@ def _describe_section(d: dict[str, Any], ri: dict[str, Any]) -> list[str]:
         f"## Neuron descriptions (pool `{d['pool']}`, top {d['k']} of {ri['n']:,} scenes per "
         "neuron)",
         "",
-        f"Each neuron's second-order effect is nearly rank one; its direction r_n is "
-        f"decomposed by OMP ({d['terms']} terms) over the pool's text embeddings, and the "
-        "terms with the largest coefficients describe the neuron.",
+        "Each neuron's second-order effect is summarised by one direction r_n, the top "
+        "singular vector of its effects on its top scenes (the `var top-k` column of "
+        "`run/descriptions/*.md` says how much of them it captures). r_n is decomposed by "
+        f"OMP ({d['terms']} terms) over the pool's text embeddings, and the terms with the "
+        "largest coefficients describe the neuron.",
         "",
         "**Ground truth.** The synthetic world knows what every scene shows. A neuron's "
         f"ground-truth concepts are the classes, colours, patterns and backgrounds that are "
@@ -218,8 +219,8 @@ def _describe_section(d: dict[str, Any], ri: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"**Examples from block {ex['block']}**, the block whose second-order ablation "
-            f"costs the most accuracy: its {len(ex['neurons'])} neurons with the largest "
-            "second-order variance over their top scenes. Terms are signed (OMP "
+            f"costs the most accuracy: its {len(ex['neurons'])} neurons whose effects on their "
+            "top scenes r_n captures best (largest `var top-k`). Terms are signed (OMP "
             "coefficients, largest magnitude first; r_n points the way most of the top "
             "scenes' effects do), so a negative term is a text that the neuron's effect on "
             "its top scenes points *away* from.",
@@ -249,8 +250,9 @@ def _span(layers: Sequence[int]) -> str:
 def _examples(
     docs: Sequence[DescriptionsDoc], scores: dict[str, Any], block: int, n: int = 6
 ) -> dict[str, Any] | None:
-    """The ``n`` neurons of ``block`` with the largest top-k variance: their top-5 terms and
-    ground-truth concepts (``None`` when ``block`` was not described)."""
+    """The ``n`` neurons of ``block`` with the largest ``var_topk`` (share of their top-k
+    effects along r_n): their top-5 terms and ground-truth concepts (``None`` when ``block``
+    was not described)."""
     doc = next((d for d in docs if d.layer == block), None)
     if doc is None:
         return None
@@ -329,7 +331,8 @@ def run_demo(
     L = model.info.n_layers
     layers = list(range(L - 1)) if layers is None else list(layers)
     zero_shot, ablation = headline(model, eval_set)
-    _plot_ablation(ablation, out / "ablation.png")
+    _plot_ablation(ablation, out / "ablation.png",
+                   f"{eval_set.n:,} balanced scenes, seed {eval_set.seed}")
     done()
 
     done = step("second-order effects", f" ({n} scenes)")
@@ -344,7 +347,7 @@ def run_demo(
         "zero_shot": zero_shot,
         "ablation": ablation,
         "run_images": {"spec": spec, "split": "balanced", "n": n, "seed": eval_set.seed,
-                       "note": f"the first {n} balanced scenes of the evaluation set"},
+                       "note": _run_note(n, eval_set)},
         "layers": layers,
         "run": str(Path("run")),
         "timings": timings,
@@ -375,6 +378,13 @@ def run_demo(
     log(f"[demo] wrote {out / 'summary.json'} and {out / 'report.md'} "
         f"({timings['total']:.0f} s)")
     return summary
+
+
+def _run_note(n: int, eval_set: EvalSet) -> str:
+    if n <= eval_set.n:
+        return f"the first {n:,} of those {eval_set.n:,} balanced scenes"
+    return (f"the first {n:,} balanced scenes of seed {eval_set.seed} (those {eval_set.n:,} "
+            "and more)")
 
 
 def _example_block(ablation: dict[str, Any], layers: Sequence[int]) -> int:
