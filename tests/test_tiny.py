@@ -278,16 +278,37 @@ def test_evaluate_small_and_table():
     from solens.commands.synth import format_table
     from solens.tiny.evaluate import evaluate
 
-    res = evaluate(tiny.load_tiny(), n=40, seed=4321, ablation_n=20)
+    res = evaluate(tiny.load_tiny(), n=40, seed=4321)
     for k in ("zero_shot_balanced", "zero_shot_conflict", "colour_cls", "background_retrieval"):
         assert 0.0 <= res[k] <= 1.0
     so = res["block_ablation_second_order"]
     assert set(so["blocks"]) == set(range(tiny.read_meta()["config"]["layers"]))
+    # the ablations run on the same scenes: "no ablation" is the balanced zero-shot figure
+    assert so["baseline"] == res["zero_shot_balanced"]
+    assert res["eval_set"]["ablation"] == {"scenes": "the same balanced scenes",
+                                           "reference_split": "balanced", "reference_n": 40,
+                                           "reference_seed": 4322}
     ma = res["margin_attribution"]
     direct = [v for k, v in ma.items() if k.startswith("blocks.") or k in ("embed", "ln_post.bias")]
     assert sum(direct) == pytest.approx(ma["margin"], abs=1e-4)
     table = format_table(res)
     assert "zero-shot top-1, balanced" in table and "MLP->head" in table
+    assert "on the same 40 balanced scenes; means from 40 others, seed 4322" in table
+
+
+def test_synth_eval_defaults_are_the_headline_set():
+    import inspect
+
+    from solens.commands.synth import eval_cmd
+    from solens.tiny.evaluate import HEADLINE
+    from solens.tiny.ship import record_eval, ship
+
+    params = inspect.signature(eval_cmd).parameters
+    assert (params["n"].default.default, params["seed"].default.default) == (HEADLINE.n,
+                                                                              HEADLINE.seed)
+    for f in (ship, record_eval):
+        p = inspect.signature(f).parameters
+        assert (p["eval_n"].default, p["eval_seed"].default) == (HEADLINE.n, HEADLINE.seed)
 
 
 def _drop_visual():

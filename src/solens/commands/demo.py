@@ -13,7 +13,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(
             Path("demo-out"), "--out", metavar="FOLDER", help="Output folder."
         ),
-        n: int = typer.Option(1000, "--n", min=50, metavar="N", help="Held-out images per split."),
+        n: int = typer.Option(1000, "--n", min=50, metavar="N",
+                              help="Scenes for the effects run, descriptions and scores (the "
+                                   "first N balanced scenes of the evaluation set; zero-shot "
+                                   "accuracy and ablations always use all of it)."),
         pool: str = typer.Option(
             "world", "--pool", metavar="POOL", help="Text pool for descriptions."
         ),

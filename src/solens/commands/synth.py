@@ -111,7 +111,11 @@ def format_table(res: dict) -> str:
     lines += [f"  {name:32s} {_pct(v)}" for name, v in rows]
     so, di = res.get("block_ablation_second_order"), res.get("block_ablation_direct")
     if isinstance(so, dict) and isinstance(di, dict):
-        lines += ["", "  mean-ablation per block: zero-shot top-1 (second-order | direct)"]
+        ref = res.get("eval_set", {}).get("ablation", {})
+        where = (f" (on the same {res['n']} balanced scenes; means from {ref['reference_n']} "
+                 f"others, seed {ref['reference_seed']})") if ref else ""
+        lines += ["", f"  mean-ablation per block{where}:",
+                  "  zero-shot top-1 (second-order | direct)"]
         base = so.get("baseline")
         if base is not None:
             lines.append(f"  {'no ablation':32s} {_pct(base)}")

@@ -13,7 +13,7 @@ from safetensors.torch import save
 
 from solens.store.arrays import save_bytes_atomic, save_text_atomic
 from solens.store.images import SynthImages, pixels
-from solens.tiny.evaluate import evaluate
+from solens.tiny.evaluate import HEADLINE, evaluate
 from solens.tiny.model import ASSETS, REFERENCE_PATH, TinyCLIP, TinyPreprocess, as_model, load_clip
 
 REFERENCE_TEXTS = ["a photo of a car", "a red striped umbrella on the sand", "a dog", "ocean"]
@@ -40,16 +40,38 @@ def write_reference(clip: TinyCLIP, path: Path = REFERENCE_PATH, n_images: int =
     return Path(path)
 
 
+def record_eval(
+    assets: str | Path | None = None,
+    eval_n: int = HEADLINE.n,
+    eval_seed: int = HEADLINE.seed,
+) -> dict[str, Any]:
+    """Evaluate the model in ``assets`` (``solens.tiny.evaluate.evaluate``, by default on the
+    headline set ``HEADLINE``) and write the result into the ``eval`` section of its
+    ``solens-tiny.json`` (atomically). The weights and the reference file are only read."""
+    assets = Path(assets) if assets else ASSETS
+    meta_path = assets / "solens-tiny.json"
+    meta = json.loads(meta_path.read_text())
+    weights = assets / "solens-tiny.safetensors"
+    t0 = time.time()
+    model = as_model(load_clip(weights, config=meta_path), str(weights))
+    res = evaluate(model, n=eval_n, seed=eval_seed)
+    res["eval_wall_s"] = round(time.time() - t0, 1)
+    meta["eval"] = res
+    save_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    return res
+
+
 def ship(
     run: str | Path,
     assets: str | Path | None = None,
-    eval_n: int = 2000,
-    eval_seed: int = 12345,
+    eval_n: int = HEADLINE.n,
+    eval_seed: int = HEADLINE.seed,
     weights: str | Path | None = None,
 ) -> dict[str, Any]:
     """Copy a run's weights into the package assets, write reference embeddings, evaluate
-    (``solens.tiny.evaluate.evaluate``) and record the numbers in ``solens-tiny.json``.
-    Every file is written atomically; the ablations use ``min(eval_n, 1000)`` images."""
+    (``record_eval``: ``solens.tiny.evaluate.evaluate``) and record the numbers in
+    ``solens-tiny.json``. Every file is written atomically. The defaults are the headline
+    evaluation set (``solens.tiny.evaluate.HEADLINE``)."""
     run = Path(run)
     assets = Path(assets) if assets else ASSETS
     assets.mkdir(parents=True, exist_ok=True)
@@ -59,17 +81,13 @@ def ship(
     meta = json.loads(src_m.read_text())
     clip = load_clip(assets / "solens-tiny.safetensors", config=src_m)
     write_reference(clip, assets / "solens-tiny-reference.safetensors")
-    t0 = time.time()
-    model = as_model(clip, str(assets / "solens-tiny.safetensors"))
-    res = evaluate(model, n=eval_n, seed=eval_seed, ablation_n=min(eval_n, 1000))
-    res["eval_wall_s"] = round(time.time() - t0, 1)
-    meta["eval"] = res
+    meta.pop("eval", None)
     meta["files"] = {
         "weights": "solens-tiny.safetensors",
         "reference": "solens-tiny-reference.safetensors",
     }
     save_text_atomic(assets / "solens-tiny.json", json.dumps(meta, indent=2) + "\n")
-    return res
+    return record_eval(assets, eval_n=eval_n, eval_seed=eval_seed)
 
 
-__all__ = ["REFERENCE_TEXTS", "ship", "write_reference"]
+__all__ = ["REFERENCE_TEXTS", "record_eval", "ship", "write_reference"]
