@@ -115,7 +115,7 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
 
     small = EvalSet(n=150, seed=12345)
     monkeypatch.setattr(solens.demo, "run_demo",
-                        functools.partial(solens.demo.run_demo, eval_set=small))
+                        functools.partial(solens.demo.run_demo, eval_set=small, ablate_n=60))
     out = tmp_path / "demo"
     main(["demo", "--out", str(out), "--n", "120", "--k", "12", "--pool", "world",
           "--terms", "8", "--no-progress"])
@@ -139,6 +139,21 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
     assert d["examples"]["block"] == worst["block"] == 0
     assert (out / "ablation.png").stat().st_size > 1000
     assert list((out / "run" / "descriptions").glob("world-layer-*.json"))
+    # solens ablate's section: the checked contract of summary.json["ablate"]
+    a = summary["ablate"]
+    assert set(a) >= {"layers", "baseline", "second_order", "significant_only",
+                      "insignificant_only", "rank1", "indirect", "direct",
+                      "text_reconstruction", "pc1_variance", "frac_significant_median"}
+    assert a["layers"] == summary["layers"] and a["eval"] == "synth:balanced:60:12347:64"
+    for v in ("second_order", "significant_only", "insignificant_only", "rank1", "indirect",
+              "direct"):
+        assert len(a[v]) == len(a["layers"]) and all(0 <= x <= 1 for x in a[v])
+    assert list(a["text_reconstruction"]) == ["world"]
+    assert list(a["text_reconstruction"]["world"]) == ["1", "2", "4", "8", "16", "32", "64",
+                                                         "96"]  # capped at d = 96
+    assert set(a["pc1_variance"]) == {"second_order", "indirect"}
+    assert (out / "run" / "ablate" / "fig3.png").is_file()
+    assert "## The paper's layer experiments" in report
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert printed.startswith("150 held-out scenes per split (seed 12345): zero-shot balanced")
 

@@ -24,6 +24,7 @@ import torch
 from solens import __version__
 from solens.describe.describe import describe_run
 from solens.describe.pools import embed_pool, load_pool
+from solens.experiments.ablate import ablate_run
 from solens.groundtruth.score import score_run
 from solens.groundtruth.score import summary as score_summary
 from solens.models.loading import load_model
@@ -33,6 +34,10 @@ from solens.store.compute import run_effects
 from solens.store.protocol import DescriptionsDoc
 from solens.tiny.evaluate import HEADLINE, EvalSet
 from solens.tiny.evaluate import headline as evaluate_headline
+
+ABLATE_SEED = 12347
+"""Seed of the scenes ``solens ablate`` evaluates in the demo (not the headline set's 12345,
+nor 12346, whose scenes give the headline ablations their means)."""
 
 LAST_BLOCK_NOTE = (
     "has no second-order effect: that effect is what a block's MLP writes into the tokens "
@@ -69,6 +74,33 @@ def _plot_ablation(ablation: dict[str, Any], path: Path, scenes: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _ablate_section(a: dict[str, Any] | None) -> list[str]:
+    """The report's part for ``solens ablate`` (docs/ablate.md explains every variant)."""
+    if not a:
+        return []
+    variants = ("second_order", "significant_only", "insignificant_only", "rank1", "indirect",
+                "direct")
+    lines = [
+        "", "## The paper's layer experiments (`solens ablate`)", "",
+        f"Evaluation: `{a['eval']}` (other scenes than the run's, which are the reference set "
+        "for the means, the thresholds tau_n and the rank-1 directions r_n). Zero-shot top-1 "
+        f"(%) with block l's effects changed; baseline {100 * a['baseline']:.1f}%. See "
+        "docs/ablate.md for what each variant does and how the figures compare with the paper.",
+        "", f"![layer ablations]({a['folder']}/fig3.png)", "",
+        "| block | " + " | ".join(v.replace("_", " ") for v in variants) + " |",
+        "|---:|" + "---:|" * len(variants),
+    ]
+    for i, l in enumerate(a["layers"]):
+        lines.append(f"| {l} | " + " | ".join(f"{100 * a[v][i]:.1f}" for v in variants) + " |")
+    pc = a["pc1_variance"]
+    frac = 100 * a["frac_significant_median"]
+    lines += ["", f"Variance along PC1, mean over layers: second-order "
+              f"{100 * pc['second_order']:.1f}%, indirect {100 * pc['indirect']:.1f}%. Median "
+              f"fraction of evaluation images above tau_n: {frac:.1f}% (the run's k over its "
+              "image count, by construction on the reference set)."]
+    return lines
 
 
 def _report(summary: dict[str, Any]) -> str:
@@ -146,6 +178,7 @@ def _report(summary: dict[str, Any]) -> str:
     d = summary.get("describe")
     if d:
         lines += _describe_section(d, ri)
+    lines += _ablate_section(summary.get("ablate"))
     lines += ["", "## Timings (s)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in summary["timings"].items()]
     return "\n".join(lines) + "\n"
@@ -304,6 +337,7 @@ def run_demo(
     describe: bool = True,
     progress: bool = True,
     eval_set: EvalSet = HEADLINE,
+    ablate_n: int = 500,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every step on solens-tiny (or ``model``) and write the report into ``out``.
@@ -311,7 +345,9 @@ def run_demo(
     The zero-shot accuracies and block ablations are computed on ``eval_set`` (default: the
     bundled model's headline set, whose figures the model card and ``solens synth eval``
     quote); the effects run, descriptions and scores use the first ``n`` of its balanced
-    scenes and ``layers`` (default: every block with a later block)."""
+    scenes and ``layers`` (default: every block with a later block). With the descriptions,
+    ``solens ablate``'s experiments evaluate ``ablate_n`` other balanced scenes (seed
+    ``ABLATE_SEED``), the run's images being the reference set."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -372,6 +408,12 @@ def run_demo(
             "polysemy_named_both": scores.get("polysemy_named_both"),
             "examples": _examples(docs, scores, _example_block(ablation, layers)),
         }
+        done = step("layer ablations", f" ({ablate_n} other scenes)")
+        abl = ablate_run(run, f"synth:balanced:{ablate_n}:{ABLATE_SEED}", model=model,
+                         layers=layers, pools=[pool], k=k, progress=progress)
+        summary["ablate"] = {**abl.summary(), "eval": abl.settings.eval["spec"],
+                             "folder": str(Path("run") / "ablate")}
+        done()
     timings["total"] = time.perf_counter() - t_all
     save_json_atomic(out / "summary.json", summary)
     save_text_atomic(out / "report.md", _report(summary))
