@@ -54,3 +54,16 @@ def tiny_model(dtype: torch.dtype = torch.float64, **kw) -> Model:
 def images(n: int, size: int = 32, dtype: torch.dtype = torch.float64, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=g).to(dtype)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """``solens.cli.main(args)`` in-process: (exit code, stdout, stderr)."""
+    from solens.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

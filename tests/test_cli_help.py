@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 import solens
-from solens.cli import build, main
+from solens.cli import build
+
+from .helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,16 +29,6 @@ def _commands(command, path=()) -> list[tuple[str, ...]]:
 
 
 COMMANDS = _commands(build())
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_every_command_is_checked() -> None:

@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from solens.cli import main
 from solens.commands._args import expand_multi
 from solens.lens.second_order import second_order
 from solens.store import Run
 from solens.store import arrays as store_arrays
+from tests.helpers import run_cli
 from tests.store_helpers import image_folder, save_local_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +37,6 @@ def local_model(tmp_path_factory) -> str:
 def effects_args(model: str, images: Path, out: Path, *extra: str) -> list[str]:
     return ["effects", "--model", model, "--images", str(images), "--out", str(out),
             "--device", "cpu", "--no-progress", *extra]  # fmt: skip
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """``solens.cli.main(args)`` in-process: (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_expand_multi():

@@ -12,7 +12,6 @@ import open_clip
 import pytest
 
 import solens
-from solens.cli import main
 from solens.describe.describe import describe_run, descriptions_path
 from solens.describe.stats import compute_stats
 from solens.errors import InputError, UnknownModelError
@@ -20,6 +19,7 @@ from solens.models.loading import load_model
 from solens.models.model import RANDOM_WEIGHTS, Model, is_random
 from solens.store import Run, run_effects
 
+from .helpers import run_cli
 from .store_helpers import TINY_CFG, image_folder, tiny_model
 
 NAME = "solens-test-random-vit"  # an open_clip config without pretrained tags
@@ -37,16 +37,6 @@ def small_config(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SOLENS_CACHE", str(tmp_path / "cache"))
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_line_error(code: int, err: str) -> str:
@@ -101,10 +91,10 @@ def _effects(model: str, images: Path, out: Path, *extra: str) -> list[str]:
 
 def test_cli_effects_without_weights_is_refused(tmp_path, capsys) -> None:
     images = image_folder(tmp_path / "imgs", n=2, extras=False)
-    line = _one_line_error(*_cli(_effects("ViT-B-32", images, tmp_path / "r"), capsys)[::2])
+    line = _one_line_error(*run_cli(_effects("ViT-B-32", images, tmp_path / "r"), capsys)[::2])
     assert "'ViT-B-32'" in line and "openai" in line and "--checkpoint PATH" in line
     assert "--pretrained random for randomly initialised weights" in line
-    line = _one_line_error(*_cli(_effects(NAME, images, tmp_path / "r"), capsys)[::2])
+    line = _one_line_error(*run_cli(_effects(NAME, images, tmp_path / "r"), capsys)[::2])
     assert "no pretrained tags" in line and "--pretrained random" in line
     assert not (tmp_path / "r").exists()
 
@@ -112,7 +102,7 @@ def test_cli_effects_without_weights_is_refused(tmp_path, capsys) -> None:
 def test_random_run_is_flagged_everywhere(tmp_path, capsys) -> None:
     images = image_folder(tmp_path / "imgs", n=6, extras=False)
     out = tmp_path / "run"
-    code, stdout, err = _cli(_effects(NAME, images, out, "--pretrained", "random"), capsys)
+    code, stdout, err = run_cli(_effects(NAME, images, out, "--pretrained", "random"), capsys)
     assert code == 0, err
     assert f"model {NAME} with {RANDOM_WEIGHTS}" in stdout  # the completion line
 
@@ -126,7 +116,7 @@ def test_random_run_is_flagged_everywhere(tmp_path, capsys) -> None:
 
     pool = tmp_path / "words.txt"
     pool.write_text("dog\ncat\nship\ncar\nred\nblue\n")
-    line = _one_line_error(*_cli(["describe", str(out), "--pool", str(pool), "--k", "2"],
+    line = _one_line_error(*run_cli(["describe", str(out), "--pool", str(pool), "--k", "2"],
                                  capsys)[::2])
     assert "RANDOM WEIGHTS" in line  # `solens describe` stops at Run.load_model
 
@@ -135,7 +125,7 @@ def test_random_run_is_flagged_everywhere(tmp_path, capsys) -> None:
     header = descriptions_path(run, "words", 1, suffix=".md").read_text().splitlines()
     assert "RANDOM WEIGHTS" in header[0] and RANDOM_WEIGHTS in header[2]
 
-    code, stdout, err = _cli(["show", str(out), "1", "0", "--pool", str(pool)], capsys)
+    code, stdout, err = run_cli(["show", str(out), "1", "0", "--pool", str(pool)], capsys)
     assert code == 0, err
     assert stdout.startswith(RANDOM_WEIGHTS) and "layer 1 neuron 0" in stdout
 
@@ -145,11 +135,11 @@ def test_reports_of_trained_weights_say_nothing(tmp_path, capsys) -> None:
 
     name = save_local_model(tmp_path / "model")
     images = image_folder(tmp_path / "imgs", n=4, extras=False)
-    code, stdout, err = _cli(_effects(name, images, tmp_path / "run"), capsys)
+    code, stdout, err = run_cli(_effects(name, images, tmp_path / "run"), capsys)
     assert code == 0, err
     assert "RANDOM" not in stdout
     compute_stats(Run.open(tmp_path / "run"), 1, 2)
-    code, stdout, err = _cli(["show", str(tmp_path / "run"), "1", "0"], capsys)
+    code, stdout, err = run_cli(["show", str(tmp_path / "run"), "1", "0"], capsys)
     assert code == 0 and "RANDOM" not in stdout
 
 
