@@ -97,6 +97,14 @@ def test_cli_describe_and_show(env, capsys) -> None:
     assert doc.neurons[5].terms[0].text in out
     main(["show", str(run), "2", "5", "--pool", "world"])
     assert "no 'world' descriptions" in capsys.readouterr().out
+    # without --pool, show takes a pool the layer is described with
+    main(["describe", str(run), "--pool", str(env["pool"]), "--terms", "4", "--layers", "2",
+          "--k", "3", "--no-progress"])
+    capsys.readouterr()
+    main(["show", str(run), "2", "5"])
+    out = capsys.readouterr().out
+    assert "words (omp)" in out
+    assert load_descriptions(run, "words", 2).neurons[5].terms[0].text in out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -130,8 +130,10 @@ def register(app: typer.Typer) -> None:
         ),
         layer: int = typer.Argument(..., metavar="LAYER", help="Source layer."),
         neuron: int = typer.Argument(..., metavar="NEURON", help="Neuron index."),
-        pool: str = typer.Option(
-            "words-30k", "--pool", metavar="POOL", help="Pool of the descriptions."
+        pool: str | None = typer.Option(
+            None, "--pool", metavar="POOL",
+            help="Pool of the descriptions (default: the first pool the layer is described "
+            "with, else words-30k).",
         ),
         nonneg: bool = typer.Option(False, "--nonneg", help="Show the NNOMP descriptions."),
         n_terms: int = typer.Option(15, "--terms", min=1, metavar="N", help="Terms to print."),
@@ -148,11 +150,14 @@ def register(app: typer.Typer) -> None:
 
         from solens.describe.describe import neuron_report
         from solens.describe.pools import pool_slug
+        from solens.experiments.ablate import described_pools
         from solens.models.model import RANDOM_WEIGHTS
         from solens.store.run import Run
 
         r = Run.open(run)
         r.layer(layer)
+        if pool is None:
+            pool = next(iter(described_pools(r, [layer])), "words-30k")
         name = pool_slug(Path(pool).stem) if Path(pool).is_file() else pool
         rep = neuron_report(r, layer, neuron, name, nonneg)
         console = Console()
