@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from solens.describe.describe import describe_run
-from solens.experiments.ablate import ablate_run
+from solens.experiments.ablate import ablate_run, reference_means
 from solens.experiments.ablation import layer_effects
 from solens.experiments.factorised import (
     ablate_all,
@@ -38,7 +38,6 @@ from solens.experiments.factorised import (
 )
 from solens.experiments.indirect import (
     layer_ablated_embeddings,
-    mean_activations,
     neuron_indirect_effects,
 )
 from solens.lens.second_order import coefficients, directions, gram, trace_names
@@ -97,8 +96,8 @@ def b32(layer: int, n: int, neurons: int) -> dict:
     r = unit_rows(torch.randn(u.shape[0], u.shape[2], generator=g, dtype=torch.float64))
     timed("rank1 (and each text reconstruction)", lambda: rank1(f, X, u, r))
     timed("direct", lambda: layer_effects(model, tr, [layer], "direct"))
-    mean = timed("mean activations (reference, per image)",
-                 lambda: mean_activations(model, x, [layer])[layer])
+    mean = timed("reference pass: mean activations + direct means",
+                 lambda: reference_means(model, x, [layer])[0][layer])
     timed("indirect (forward with the layer ablated)",
           lambda: layer_ablated_embeddings(model, x, layer, mean))
     k = min(n, 8)

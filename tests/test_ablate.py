@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from solens.errors import InputError
+from solens.experiments.ablate import reference_means
 from solens.experiments.factorised import (
     ablate_all,
     ablate_masked,
@@ -23,7 +24,6 @@ from solens.experiments.factorised import (
 )
 from solens.experiments.indirect import (
     layer_ablated_embeddings,
-    mean_activations,
     neuron_indirect_effects,
     pc1_variance,
 )
@@ -94,7 +94,7 @@ def test_indirect_ablation_equals_a_hand_written_forward() -> None:
     with torch.no_grad():
         torch.testing.assert_close(_manual_forward(model.visual, x, 1, lambda a: a),
                                    model.encode_image(x), atol=1e-5, rtol=1e-5)
-        mean = mean_activations(model, ref, [1])[1]  # [T, N]
+        mean = reference_means(model, ref, [1])[0][1]  # [T, N]
         post = model.trace(ref, ["blocks.1.mlp.hook_post"])["blocks.1.mlp.hook_post"]
         torch.testing.assert_close(mean, post.mean(0))
         got = layer_ablated_embeddings(model, x, 1, mean)
@@ -277,7 +277,7 @@ def test_unit_rows_keeps_zero_rows() -> None:
 def test_text_reconstructions_equal_omp_with_m_terms() -> None:
     """One OMP run and a least-squares refit per m give OMP's own m-term solutions."""
     from solens.describe.omp import omp, prepare_dictionary
-    from solens.experiments.ablate import reference_means, text_reconstructions
+    from solens.experiments.ablate import text_reconstructions
 
     g = torch.Generator().manual_seed(0)
     D, _ = prepare_dictionary(torch.randn(40, 12, generator=g))
@@ -292,7 +292,8 @@ def test_text_reconstructions_equal_omp_with_m_terms() -> None:
     model = tiny_model(dtype=torch.float32)
     ref = images(7, seed=4, dtype=torch.float32)
     act, direct = reference_means(model, ref, [0, 2], batch_size=3)
-    torch.testing.assert_close(act[2], mean_activations(model, ref, [2])[2])
+    post = model.trace(ref, ["blocks.2.mlp.hook_post"])["blocks.2.mlp.hook_post"]
+    torch.testing.assert_close(act[2], post.mean(0))
     from solens.experiments.ablation import layer_effects
 
     want = layer_effects(model, model.trace(ref), [0], "direct")[:, 0].double().mean(0)

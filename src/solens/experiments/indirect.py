@@ -43,27 +43,12 @@ def replaced_activations(
 
 
 @torch.no_grad()
-def mean_activations(
-    model: Model, images: Tensor, layers: Sequence[int], batch_size: int = 128
-) -> dict[int, Tensor]:
-    """Mean post-GELU activation per token position over preprocessed ``images``
-    [B, 3, S, S]: layer -> [T, N] (float32, on the model's device)."""
-    names = [f"blocks.{l}.mlp.hook_post" for l in layers]
-    sums: dict[int, Tensor] = {}
-    for i in range(0, len(images), batch_size):
-        tr = model.trace(images[i : i + batch_size], names)
-        for l in layers:
-            s = tr[f"blocks.{l}.mlp.hook_post"].float().sum(0)
-            sums[l] = s if l not in sums else sums[l] + s
-    return {l: s / len(images) for l, s in sums.items()}
-
-
-@torch.no_grad()
 def layer_ablated_embeddings(
     model: Model, images: Tensor, layer: int, mean: Tensor, batch_size: int = 128
 ) -> Tensor:
-    """f(I) with every neuron of block ``layer`` mean-ablated (``mean`` [T, N] from
-    ``mean_activations``): preprocessed images [B, 3, S, S] -> [B, d] (float32, CPU)."""
+    """f(I) with every neuron of block ``layer`` mean-ablated (``mean`` [T, N]: mean per
+    token position, ``solens.experiments.ablate.reference_means``): preprocessed images
+    [B, 3, S, S] -> [B, d] (float32, CPU)."""
     m = mean.to(model.device, model.dtype)
     out = []
     with replaced_activations(model, layer, lambda a: m.expand_as(a)):
@@ -118,7 +103,6 @@ def pc1_variance(vectors: Tensor) -> Tensor:
 
 __all__ = [
     "layer_ablated_embeddings",
-    "mean_activations",
     "neuron_indirect_effects",
     "pc1_variance",
     "replaced_activations",
