@@ -27,7 +27,7 @@ import torch
 from solens import __version__
 from solens.describe.omp import omp, prepare_dictionary
 from solens.describe.pools import Pool, embed_pool, load_pool, pool_slug
-from solens.describe.stats import compute_stats, has_stats, load_stats, resolve_k
+from solens.describe.stats import load_stats, resolve_k, stats_for
 from solens.errors import InputError
 from solens.models.model import RANDOM, RANDOM_WEIGHTS, is_random
 from solens.store.arrays import save_text_atomic
@@ -141,11 +141,8 @@ def describe_layer(
     k_eff = resolve_k(run.n_images, k, top_percent)
     n_terms = resolve_terms(n_terms, int(run.model["d_embed"]), int(dictionary.shape[0]),
                             f"pool {pool.name!r}")
-    if not recompute_stats and has_stats(run, layer, k=k_eff):
-        st = load_stats(run, layer)
-    else:
-        st = compute_stats(run, layer, k_eff, model, progress=progress, device=device,
-                           allow_partial=allow_partial)
+    st = stats_for(run, layer, k_eff, recompute=recompute_stats, model=model,
+                   progress=progress, device=device, allow_partial=allow_partial)
     t_stats = time.perf_counter() - t0
     if st.r.shape[1] != dictionary.shape[1]:
         raise InputError(

@@ -365,6 +365,17 @@ def has_stats(run: Any, layer: int, k: int | None = None) -> bool:
     return meta is not None and (k is None or meta.k == k)
 
 
+def stats_for(
+    run: Any, layer: int, k: int, *, recompute: bool = False, **compute_kw: Any
+) -> NeuronStats:
+    """The statistics of ``layer`` with top ``k``: stored ones when they match the run and
+    ``k`` (and not ``recompute``), else computed (and stored) by ``compute_stats`` with
+    ``compute_kw``."""
+    if not recompute and has_stats(run, layer, k=k):
+        return load_stats(run, layer)
+    return compute_stats(run, layer, k, **compute_kw)
+
+
 def load_stats(run: Any, layer: int, mmap: bool = True) -> NeuronStats:
     """Stored statistics of ``layer`` (``InputError`` if absent, stale or of a version this
     solens does not read)."""

@@ -43,7 +43,7 @@ from solens import __version__
 from solens.describe.describe import DESCRIPTIONS_DIR, load_descriptions
 from solens.describe.omp import omp, prepare_dictionary
 from solens.describe.pools import BUILTIN_POOLS, embed_pool, load_pool
-from solens.describe.stats import NeuronStats, compute_stats, has_stats, load_stats
+from solens.describe.stats import NeuronStats, stats_for
 from solens.errors import InputError
 from solens.experiments.ablation import layer_effects
 from solens.experiments.classifier import class_directions, classifier_spec
@@ -172,12 +172,6 @@ def _pool_dictionary(model: Model, doc: DescriptionsDoc) -> Tensor:
         raise InputError(f"text pool {rec.name!r} changed since `solens describe` used it; "
                          "re-run `solens describe`")
     return prepare_dictionary(embed_pool(model, pool))[0]
-
-
-def _stats(run: Run, layer: int, k: int) -> NeuronStats:
-    if has_stats(run, layer, k):
-        return load_stats(run, layer)
-    return compute_stats(run, layer, k)
 
 
 def _batches(source: ImageSource, preprocess: Callable[[Any], Tensor], batch_size: int,
@@ -406,7 +400,7 @@ def ablate_run(
         dictionaries = {p: (_pool_dictionary(model, docs[p][layers[0]]),
                             docs[p][layers[0]].method == "nnomp") for p in pools}
         for l in tqdm(pending, desc="ablate", unit="layer", disable=not progress):
-            st = _stats(run, l, k)
+            st = stats_for(run, l, k)
             n_neurons = model.info.d_mlp  # a sample of its own per layer: resumable
             neurons = sorted(np.random.default_rng([seed, l]).choice(
                 n_neurons, min(pc_neurons, n_neurons), replace=False).tolist())
