@@ -1,7 +1,7 @@
 """The package's layering and its declared dependencies, read from the source itself.
 
 Data flows one way: models -> lens -> store -> analyses (describe, experiments,
-groundtruth) -> the bundled model (tiny) -> demo -> commands -> cli. ``errors`` and the
+groundtruth, segment, attack) -> the bundled model (tiny) -> atlas -> demo -> commands -> cli. ``errors`` and the
 synthetic world (``synth``, a leaf that imports nothing else of solens) sit below all of
 them: any layer may use them.
 """
@@ -28,7 +28,10 @@ LAYERS: list[set[str]] = [
     {"describe"},
     {"experiments"},
     {"groundtruth"},
+    {"segment"},
+    {"attack"},
     {"tiny"},
+    {"atlas"},
     {"demo"},
     {"commands"},
     {"cli"},
