@@ -1,9 +1,9 @@
 """The package's layering and its declared dependencies, read from the source itself.
 
 Data flows one way: models -> lens -> store -> analyses (describe, experiments,
-groundtruth, segment, attack) -> the bundled model (tiny) -> atlas -> demo -> commands -> cli. ``errors`` and the
-synthetic world (``synth``, a leaf that imports nothing else of solens) sit below all of
-them: any layer may use them.
+groundtruth, segment, attack) -> the bundled model (tiny) -> atlas -> demo -> commands ->
+cli. ``errors`` and the synthetic world (``synth``, a leaf that imports nothing else of
+solens) sit below all of them: any layer may use them.
 """
 
 from __future__ import annotations
