@@ -1,0 +1,432 @@
+"""Hugging Face transformers CLIP checkpoints: conversion parity with transformers (image and
+text features, second-order effects by brute force on the transformers model), the hub cache,
+the command line end to end, and one-line errors. Models are random ``CLIPConfig``s saved
+with ``save_pretrained``; the tokenizer is built from open_clip's bundled BPE vocabulary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from solens.errors import UnknownModelError, UnsupportedModelError
+from solens.lens.second_order import second_order
+from solens.models import hf
+from solens.models.checkpoints import file_sha256
+from solens.models.loading import load_model
+from solens.store import Run
+
+from .helpers import run_cli
+from .store_helpers import image_folder
+
+TEXTS = ["a photo of a cat", "a red square on a blue ground", "dog"]
+REPO = "someone/tiny-hf-clip"
+
+
+def _tokenizer() -> CLIPTokenizer:
+    """A CLIPTokenizer with OpenAI CLIP's BPE vocabulary (the copy bundled in open_clip)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    st = SimpleTokenizer()
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {names.get(k, k): v for k, v in st.encoder.items()}
+    merges = [tuple(m) for m in sorted(st.bpe_ranks, key=st.bpe_ranks.__getitem__)]
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> CLIPTokenizer:
+    return _tokenizer()
+
+
+def _config(act: str = "quick_gelu", eps: float = 1e-5, layers: int = 3) -> CLIPConfig:
+    return CLIPConfig(
+        text_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "vocab_size": 49408, "max_position_embeddings": 16,
+            "bos_token_id": 49406, "eos_token_id": 49407,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 96, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "hidden_act": act,
+            "layer_norm_eps": eps,
+        },
+        projection_dim=16,
+    )
+
+
+def _clip(act: str = "quick_gelu", eps: float = 1e-5, seed: int = 0) -> CLIPModel:
+    """A random transformers CLIP whose LayerNorm and bias parameters are non-trivial."""
+    torch.manual_seed(seed)
+    model = CLIPModel(_config(act, eps)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and name.startswith("vision_model."):
+                base = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+                p.copy_(base + 0.3 * torch.randn_like(p))
+            elif p.ndim == 2 and ("visual_projection" in name or "text_projection" in name):
+                p.normal_(0, 0.2)
+    return model
+
+
+def _save(folder: Path, model: torch.nn.Module, tok: CLIPTokenizer | None, **kw) -> Path:
+    model.save_pretrained(folder, **kw)
+    if tok is not None:
+        tok.save_pretrained(folder)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": mean, "image_std": std, "crop_size": 32})
+    )
+    return folder
+
+
+def _fake_cache(cache: Path, repo: str, build) -> Path:
+    """The Hugging Face hub cache layout (models--ORG--NAME/refs/main, snapshots/REV/) with
+    the snapshot written by ``build(folder)``."""
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(rev)
+    build(root / "snapshots" / rev)
+    return root / "snapshots" / rev
+
+
+@pytest.fixture(scope="module")
+def qg_folder(tmp_path_factory, tokenizer) -> tuple[CLIPModel, Path]:
+    model = _clip("quick_gelu", seed=1)
+    return model, _save(tmp_path_factory.mktemp("hf") / "clip-qg", model, tokenizer)
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def _pixels(n: int = 3, seed: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _image_features(model: CLIPModel, x: torch.Tensor) -> torch.Tensor:
+    out = model.get_image_features(pixel_values=x)
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+# --- parity ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("act", "eps"), [("quick_gelu", 1e-5), ("gelu", 1e-6)])
+def test_encode_image_equals_get_image_features(act, eps, tmp_path, tokenizer) -> None:
+    clip = _clip(act, eps, seed=3)
+    folder = _save(tmp_path / "m", clip, tokenizer)
+    m = load_model(checkpoint=folder)
+    assert m.info.quick_gelu == (act == "quick_gelu")
+    assert m.visual.ln_pre.eps == eps and m.visual.transformer.resblocks[0].ln_1.eps == eps
+    x = _pixels()
+    with torch.no_grad():
+        want = _image_features(clip, x)
+    got = m.encode_image(x)
+    assert (got - want).abs().max() <= 1e-5
+    assert (m.trace(x, names=[]).embedding - want).abs().max() <= 1e-5
+    # the vision-only class reads the same checkpoint to the same features
+    vis = CLIPVisionModelWithProjection(_config(act, eps).vision_config)
+    vis.config.projection_dim = 16
+    vis = CLIPVisionModelWithProjection(vis.config).eval()
+    vis.load_state_dict(
+        {k: v for k, v in clip.state_dict().items() if k.startswith(("vision_model.", "visual_"))}
+    )
+    with torch.no_grad():
+        assert (vis(pixel_values=x).image_embeds - got).abs().max() <= 1e-5
+
+
+def test_text_features_equal(qg_folder, tokenizer) -> None:
+    clip, folder = qg_folder
+    m = load_model(f"hf:{folder}")
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = clip.get_text_features(**batch)
+    want = out if isinstance(out, torch.Tensor) else out.pooler_output
+    got = m.encode_text(TEXTS)
+    assert got.shape == (3, 16)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert m.encode_text([]).shape == (0, 16)
+
+
+def _brute_force_second_order(
+    vision: CLIPVisionModelWithProjection, x: torch.Tensor, layer: int
+) -> torch.Tensor:
+    """phi [B, N, d] on the transformers model itself: hooks record the neurons' activations
+    (fc2 inputs), the inputs of every later layer_norm1 and of post_layernorm; attention
+    probabilities come from ``output_attentions``. Each neuron's write ``p_n(t) fc2.W[:, n]``
+    is passed through frozen layer_norm1 (centred, divided by the recorded std), one head's
+    value and output projections (no biases), mixed by that head's CLS attention row, then
+    through frozen post_layernorm and ``visual_projection``; summed over later layers and heads.
+    """
+    vm = vision.vision_model
+    layers = vm.encoder.layers
+    rec: dict[str, torch.Tensor] = {}
+    hooks = [layers[layer].mlp.fc2.register_forward_pre_hook(
+        lambda mod, args: rec.__setitem__("post", args[0]))]
+    for l2 in range(layer + 1, len(layers)):
+        hooks.append(layers[l2].layer_norm1.register_forward_pre_hook(
+            lambda mod, args, l2=l2: rec.__setitem__(f"ln1.{l2}", args[0])))
+    hooks.append(vm.post_layernorm.register_forward_pre_hook(
+        lambda mod, args: rec.__setitem__("ln_post", args[0])))
+    with torch.no_grad():
+        out = vision(pixel_values=x, output_attentions=True)
+    for h in hooks:
+        h.remove()
+
+    def sigma(z: torch.Tensor, eps: float) -> torch.Tensor:
+        return torch.sqrt(z.var(-1, unbiased=False) + eps)
+
+    post = rec["post"]  # [B, T, N]
+    w_out = layers[layer].mlp.fc2.weight.T  # [N, D]
+    centred = w_out - w_out.mean(-1, keepdim=True)
+    B, N, D = post.shape[0], post.shape[2], w_out.shape[1]
+    resid = torch.zeros(B, N, D, dtype=x.dtype)
+    for l2 in range(layer + 1, len(layers)):
+        blk = layers[l2]
+        att = blk.self_attn
+        H = vision.config.num_attention_heads
+        dh = D // H
+        s = sigma(rec[f"ln1.{l2}"], blk.layer_norm1.eps)  # [B, T]
+        ln_write = blk.layer_norm1.weight * centred  # [N, D]
+        A = out.attentions[l2][:, :, 0, :]  # [B, H, T]
+        for h in range(H):
+            rows = slice(h * dh, (h + 1) * dh)
+            v = ln_write @ att.v_proj.weight[rows].T  # [N, dh]
+            o = v @ att.out_proj.weight[:, rows].T  # [N, D]
+            coef = torch.einsum("bt,btn->bn", A[:, h], post / s[..., None])
+            resid += coef[..., None] * o
+    ln_post = vm.post_layernorm
+    s_post = sigma(rec["ln_post"], ln_post.eps)  # [B]
+    c = resid - resid.mean(-1, keepdim=True)
+    return (ln_post.weight * c / s_post[:, None, None]) @ vision.visual_projection.weight.T
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+def test_second_order_equals_brute_force_on_transformers(act, tmp_path, tokenizer) -> None:
+    clip = _clip(act, seed=4)
+    folder = _save(tmp_path / "m", clip, tokenizer)
+    m = load_model(checkpoint=folder).to(dtype=torch.float64)
+    vision = CLIPVisionModelWithProjection.from_pretrained(
+        folder, attn_implementation="eager", projection_dim=16
+    ).eval().double()
+    x = _pixels(2, seed=5).double()
+    for layer in (0, 1):
+        want = _brute_force_second_order(vision, x, layer)
+        got = second_order(m, x, layer)
+        assert got.shape == want.shape == (2, 96, 16)
+        assert ((got - want).abs().max() / want.abs().max()).item() <= 1e-4
+    assert want.abs().max() > 1e-3  # not vanishing
+
+
+# --- what the manifest records -----------------------------------------------------------------
+def test_info_fields(qg_folder) -> None:
+    _, folder = qg_folder
+    m = load_model(checkpoint=str(folder))
+    i = m.info
+    sha = file_sha256(folder / "model.safetensors")
+    assert (i.name, i.source, i.quick_gelu, i.pretrained) == (
+        "hf:clip-qg", "transformers", True, f"checkpoint:{sha[:16]}"
+    )
+    assert (i.n_layers, i.n_heads, i.d_model, i.d_mlp, i.d_embed, i.n_tokens) == (
+        3, 4, 32, 96, 16, 17
+    )
+    e = i.extra
+    assert e["sha256"] == sha and e["weights"] == "hf" and e["repo"] is None
+    assert e["quick_gelu_from"] == "config" and e["hidden_act"] == "quick_gelu"
+    assert "location" not in m.identity()["extra"]
+    assert len(m.weights_sha256) == 64 and m.text_identity()["text_weights_sha256"]
+    # preprocessing follows preprocessor_config.json
+    norm = next(t for t in m.preprocess.transforms if type(t).__name__ == "Normalize")
+    assert tuple(norm.mean) == (0.5, 0.4, 0.3)
+    with pytest.warns(UserWarning, match="overrides"):
+        over = load_model(f"hf:{folder}", quick_gelu=False)
+    assert not over.info.quick_gelu and over.info.extra["quick_gelu_from"] == "user"
+
+
+def test_convert_state_dict_layout(qg_folder) -> None:
+    clip, _ = qg_folder
+    sd = clip.state_dict()
+    out = hf.convert_vision_state_dict(sd, 3)
+    p = "vision_model.encoder.layers.2.self_attn."
+    w = out["transformer.resblocks.2.attn.in_proj_weight"]
+    assert torch.equal(w[:32], sd[p + "q_proj.weight"])
+    assert torch.equal(w[64:], sd[p + "v_proj.weight"])
+    assert torch.equal(out["proj"], sd["visual_projection.weight"].T)
+    assert torch.equal(out["ln_pre.weight"], sd["vision_model.pre_layrnorm.weight"])
+    assert torch.equal(out["ln_post.bias"], sd["vision_model.post_layernorm.bias"])
+
+
+def test_sharded_and_vision_only(tmp_path, tokenizer) -> None:
+    clip = _clip(seed=6)
+    x = _pixels(2)
+    with torch.no_grad():
+        want = _image_features(clip, x)
+    sharded = _save(tmp_path / "sharded", clip, tokenizer, max_shard_size="40KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    m = load_model(checkpoint=sharded)
+    assert (m.encode_image(x) - want).abs().max() <= 1e-5
+    assert len(hf.weights_files(sharded)) > 1
+    vcfg = clip.config.vision_config
+    vcfg.projection_dim = 16
+    vis = CLIPVisionModelWithProjection(vcfg).eval()
+    vis.load_state_dict(
+        {k: v for k, v in clip.state_dict().items() if k.startswith(("vision_model.", "visual_"))}
+    )
+    only = _save(tmp_path / "vision", vis, None)  # no text tower: no tokenizer needed
+    mv = load_model(checkpoint=only)
+    assert mv.text is None and (mv.encode_image(x) - want).abs().max() <= 1e-5
+
+
+# --- the hub cache ----------------------------------------------------------------------------
+def test_model_id_from_cache(hub_cache, qg_folder) -> None:
+    clip, folder = qg_folder
+    snap = _fake_cache(hub_cache, REPO, lambda d: shutil.copytree(folder, d))
+    m = load_model(f"hf:{REPO}")
+    assert m.info.name == f"hf:{REPO}" and m.info.extra["repo"] == REPO
+    assert m.info.extra["location"] == str(snap)
+    x = _pixels(2)
+    with torch.no_grad():
+        assert (m.encode_image(x) - _image_features(clip, x)).abs().max() <= 1e-5
+
+
+# --- bad input ---------------------------------------------------------------------------------
+def _siglip(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+
+
+def _bert(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+
+
+def _no_tokenizer(folder: Path) -> None:
+    _save(folder, _clip(seed=7), None)
+
+
+def _no_weights(folder: Path) -> None:
+    _save(folder, _clip(seed=7), _tokenizer())
+    (folder / "model.safetensors").unlink()
+
+
+def _open_clip_dir(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text("{}")
+
+
+BAD = [
+    (lambda f: f.mkdir(parents=True), "not a Hugging Face checkpoint folder: no config.json"),
+    (_open_clip_dir, "local-dir:"),
+    (_siglip, "SigLIP"),
+    (_bert, "model_type 'bert': not a CLIP model"),
+    (_no_tokenizer, "no tokenizer files"),
+    (_no_weights, "no weights file"),
+]
+
+
+@pytest.mark.parametrize(("build", "message"), BAD)
+def test_bad_folders(build, message, tmp_path) -> None:
+    build(tmp_path / "bad")
+    with pytest.raises((UnknownModelError, UnsupportedModelError), match=message) as e:
+        load_model(checkpoint=tmp_path / "bad")
+    msg = str(e.value)
+    assert "\n" not in msg
+    if message not in ("local-dir:",):
+        assert "supported: transformers CLIP" in msg
+
+
+def test_id_not_in_cache(hub_cache) -> None:
+    with pytest.raises(UnknownModelError, match="not in the local Hugging Face cache") as e:
+        load_model("hf:openai/clip-vit-base-patch32")
+    assert "hf download openai/clip-vit-base-patch32" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_names_that_carry_weights(qg_folder) -> None:
+    _, folder = qg_folder
+    with pytest.raises(UnknownModelError, match="drop --pretrained"):
+        load_model(f"hf:{folder}", "openai")
+    with pytest.raises(UnknownModelError, match="is a folder"):
+        load_model("ViT-B-32", checkpoint=folder)
+    with pytest.raises(UnknownModelError, match="needs --checkpoint FOLDER"):
+        load_model("hf")
+    with pytest.raises(UnknownModelError, match="give a model name"):
+        load_model()
+
+
+# --- the command line, end to end --------------------------------------------------------------
+def test_cli_effects_and_describe(hub_cache, qg_folder, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SOLENS_CACHE", str(tmp_path / "text-cache"))
+    _, folder = qg_folder
+    _fake_cache(hub_cache, REPO, lambda d: shutil.copytree(folder, d))
+    images = image_folder(tmp_path / "images", n=10, extras=False)
+    run = tmp_path / "run"
+    code, out, err = run_cli(
+        ["effects", "--model", f"hf:{REPO}", "--layers", "0", "1", "--images", str(images),
+         "--out", str(run), "--batch-size", "4", "--device", "cpu", "--no-progress"], capsys
+    )
+    assert code == 0, err
+    assert f"{run}: 10 images" in out
+    r = Run.open(run)
+    assert r.model["name"] == f"hf:{REPO}" and r.model["source"] == "transformers"
+    assert r.model["quick_gelu"] and r.n_images == 10
+    assert r.model["pretrained"] == f"checkpoint:{file_sha256(folder / 'model.safetensors')[:16]}"
+    pool = tmp_path / "words.txt"
+    pool.write_text("\n".join(["dog", "cat", "ship", "car", "red", "blue", "tree", "sky",
+                               "sea", "road", "bird", "fish"]) + "\n")
+    code, _, err = run_cli(
+        ["describe", str(run), "--pool", str(pool), "--terms", "3", "--k", "3", "--layers", "0",
+         "--no-progress"], capsys
+    )
+    assert code == 0, err
+    doc = json.loads((run / "descriptions" / "words-layer-00.json").read_text())
+    assert len(doc["neurons"]) == 96
+
+
+def test_cli_folder_with_checkpoint_option(qg_folder, tmp_path, capsys) -> None:
+    _, folder = qg_folder
+    images = image_folder(tmp_path / "images", n=4, extras=False)
+    code, _, err = run_cli(
+        ["effects", "--model", "hf", "--checkpoint", str(folder), "--layers", "1",
+         "--images", str(images), "--out", str(tmp_path / "run"), "--device", "cpu",
+         "--no-progress"], capsys
+    )
+    assert code == 0, err
+    assert Run.open(tmp_path / "run").model["name"] == "hf:clip-qg"
+    assert Run.open(tmp_path / "run").load_model().info.extra["sha256"] == file_sha256(
+        folder / "model.safetensors")
+
+
+@pytest.mark.parametrize(("build", "message"), BAD)
+def test_cli_bad_folders_exit_2(build, message, tmp_path, capsys) -> None:
+    build(tmp_path / "bad")
+    images = image_folder(tmp_path / "images", n=2, extras=False)
+    capsys.readouterr()  # save_pretrained's progress bars
+    code, _, err = run_cli(
+        ["effects", "--model", f"hf:{tmp_path / 'bad'}", "--layers", "0", "--images",
+         str(images), "--out", str(tmp_path / "run"), "--no-progress"], capsys
+    )
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("solens: error:")
+    assert message in lines[0]
+
+
+def test_cli_id_not_in_cache_exit_2(hub_cache, tmp_path, capsys) -> None:
+    images = image_folder(tmp_path / "images", n=2, extras=False)
+    code, _, err = run_cli(
+        ["effects", "--model", "hf:openai/clip-vit-base-patch32", "--layers", "0", "--images",
+         str(images), "--out", str(tmp_path / "run"), "--no-progress"], capsys
+    )
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "not in the local Hugging Face cache" in lines[0]
