@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from solens.errors import UnknownModelError, UnsupportedModelError
 from solens.lens.second_order import second_order
@@ -21,21 +21,16 @@ from solens.models.loading import load_model
 from solens.store import Run
 
 from .helpers import run_cli
+from .hf_helpers import _clip, _config, _fake_cache, _save, _tokenizer, use_hub_cache
 from .store_helpers import image_folder
 
 TEXTS = ["a photo of a cat", "a red square on a blue ground", "dog"]
 REPO = "someone/tiny-hf-clip"
 
 
-def _tokenizer() -> CLIPTokenizer:
-    """A CLIPTokenizer with OpenAI CLIP's BPE vocabulary (the copy bundled in open_clip)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    st = SimpleTokenizer()
-    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {names.get(k, k): v for k, v in st.encoder.items()}
-    merges = [tuple(m) for m in sorted(st.bpe_ranks, key=st.bpe_ranks.__getitem__)]
-    return CLIPTokenizer(vocab=vocab, merges=merges)
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return use_hub_cache(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -43,73 +38,10 @@ def tokenizer() -> CLIPTokenizer:
     return _tokenizer()
 
 
-def _config(act: str = "quick_gelu", eps: float = 1e-5, layers: int = 3) -> CLIPConfig:
-    return CLIPConfig(
-        text_config={
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-            "num_attention_heads": 4, "vocab_size": 49408, "max_position_embeddings": 16,
-            "bos_token_id": 49406, "eos_token_id": 49407,
-        },
-        vision_config={
-            "hidden_size": 32, "intermediate_size": 96, "num_hidden_layers": layers,
-            "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "hidden_act": act,
-            "layer_norm_eps": eps,
-        },
-        projection_dim=16,
-    )
-
-
-def _clip(act: str = "quick_gelu", eps: float = 1e-5, seed: int = 0) -> CLIPModel:
-    """A random transformers CLIP whose LayerNorm and bias parameters are non-trivial."""
-    torch.manual_seed(seed)
-    model = CLIPModel(_config(act, eps)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and name.startswith("vision_model."):
-                base = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(base + 0.3 * torch.randn_like(p))
-            elif p.ndim == 2 and ("visual_projection" in name or "text_projection" in name):
-                p.normal_(0, 0.2)
-    return model
-
-
-def _save(folder: Path, model: torch.nn.Module, tok: CLIPTokenizer | None, **kw) -> Path:
-    model.save_pretrained(folder, **kw)
-    if tok is not None:
-        tok.save_pretrained(folder)
-    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": mean, "image_std": std, "crop_size": 32})
-    )
-    return folder
-
-
-def _fake_cache(cache: Path, repo: str, build) -> Path:
-    """The Hugging Face hub cache layout (models--ORG--NAME/refs/main, snapshots/REV/) with
-    the snapshot written by ``build(folder)``."""
-    rev = "0123456789abcdef0123456789abcdef01234567"
-    root = cache / f"models--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(rev)
-    build(root / "snapshots" / rev)
-    return root / "snapshots" / rev
-
-
 @pytest.fixture(scope="module")
 def qg_folder(tmp_path_factory, tokenizer) -> tuple[CLIPModel, Path]:
     model = _clip("quick_gelu", seed=1)
     return model, _save(tmp_path_factory.mktemp("hf") / "clip-qg", model, tokenizer)
-
-
-@pytest.fixture
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def _pixels(n: int = 3, seed: int = 2) -> torch.Tensor:
@@ -430,3 +362,15 @@ def test_cli_id_not_in_cache_exit_2(hub_cache, tmp_path, capsys) -> None:
     )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "not in the local Hugging Face cache" in lines[0]
+
+
+def test_cli_folder_given_as_model_name(qg_folder, tmp_path, capsys) -> None:
+    """A bare folder as --model: the fast name check says how to pass it."""
+    _, folder = qg_folder
+    images = image_folder(tmp_path / "images", n=2, extras=False)
+    code, _, err = run_cli(
+        ["effects", "--model", str(folder), "--layers", "0", "--images", str(images),
+         "--out", str(tmp_path / "run")], capsys
+    )
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"--model hf:{folder}" in lines[0]
