@@ -70,6 +70,7 @@ def check_model_name(name: str) -> None:
     if name in (TINY, HF_NAME) or name.startswith((HF_PREFIX, _HF_PREFIX, _LOCAL_PREFIX)):
         return
     known = architecture_names()
-    name = name.replace("/", "-")
-    if known and name not in known:  # no open_clip at all: load_model says so
-        raise unknown_model_error(name, [*known, TINY])
+    arch = name.replace("/", "-")
+    if known and arch not in known:  # no open_clip at all: load_model says so
+        # a file or folder keeps its spelling, for the hint on how to pass it
+        raise unknown_model_error(name if Path(name).exists() else arch, [*known, TINY])
