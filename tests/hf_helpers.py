@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 
 def _tokenizer() -> CLIPTokenizer:
@@ -82,3 +82,56 @@ def use_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+@torch.no_grad()
+def brute_force_second_order(
+    vision: CLIPVisionModelWithProjection, x: torch.Tensor, layer: int
+) -> torch.Tensor:
+    """phi [B, N, d] on the transformers model itself: hooks record the neurons' activations
+    (fc2 inputs), the inputs of every later layer_norm1 and of post_layernorm; attention
+    probabilities come from ``output_attentions``. Each neuron's write ``p_n(t) fc2.W[:, n]``
+    is passed through frozen layer_norm1 (centred, divided by the recorded std), one head's
+    value and output projections (no biases), mixed by that head's CLS attention row, then
+    through frozen post_layernorm and ``visual_projection``; summed over later layers and heads.
+    """
+    vm = vision.vision_model
+    layers = vm.encoder.layers
+    rec: dict[str, torch.Tensor] = {}
+    hooks = [layers[layer].mlp.fc2.register_forward_pre_hook(
+        lambda mod, args: rec.__setitem__("post", args[0]))]
+    for l2 in range(layer + 1, len(layers)):
+        hooks.append(layers[l2].layer_norm1.register_forward_pre_hook(
+            lambda mod, args, l2=l2: rec.__setitem__(f"ln1.{l2}", args[0])))
+    hooks.append(vm.post_layernorm.register_forward_pre_hook(
+        lambda mod, args: rec.__setitem__("ln_post", args[0])))
+    out = vision(pixel_values=x, output_attentions=True)
+    for h in hooks:
+        h.remove()
+
+    def sigma(z: torch.Tensor, eps: float) -> torch.Tensor:
+        return torch.sqrt(z.var(-1, unbiased=False) + eps)
+
+    post = rec["post"]  # [B, T, N]
+    w_out = layers[layer].mlp.fc2.weight.T  # [N, D]
+    centred = w_out - w_out.mean(-1, keepdim=True)
+    B, N, D = post.shape[0], post.shape[2], w_out.shape[1]
+    resid = torch.zeros(B, N, D, dtype=x.dtype)
+    for l2 in range(layer + 1, len(layers)):
+        blk = layers[l2]
+        att = blk.self_attn
+        H = vision.config.num_attention_heads
+        dh = D // H
+        s = sigma(rec[f"ln1.{l2}"], blk.layer_norm1.eps)  # [B, T]
+        ln_write = blk.layer_norm1.weight * centred  # [N, D]
+        A = out.attentions[l2][:, :, 0, :]  # [B, H, T]
+        for h in range(H):
+            rows = slice(h * dh, (h + 1) * dh)
+            v = ln_write @ att.v_proj.weight[rows].T  # [N, dh]
+            o = v @ att.out_proj.weight[:, rows].T  # [N, D]
+            coef = torch.einsum("bt,btn->bn", A[:, h], post / s[..., None])
+            resid += coef[..., None] * o
+    ln_post = vm.post_layernorm
+    s_post = sigma(rec["ln_post"], ln_post.eps)  # [B]
+    c = resid - resid.mean(-1, keepdim=True)
+    return (ln_post.weight * c / s_post[:, None, None]) @ vision.visual_projection.weight.T
