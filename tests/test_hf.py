@@ -23,7 +23,6 @@ from solens.store import Run
 from .helpers import run_cli
 from .hf_helpers import (
     _clip,
-    _config,
     _fake_cache,
     _save,
     _tokenizer,
@@ -75,15 +74,6 @@ def test_encode_image_equals_get_image_features(act, eps, tmp_path, tokenizer) -
     got = m.encode_image(x)
     assert (got - want).abs().max() <= 1e-5
     assert (m.trace(x, names=[]).embedding - want).abs().max() <= 1e-5
-    # the vision-only class reads the same checkpoint to the same features
-    vis = CLIPVisionModelWithProjection(_config(act, eps).vision_config)
-    vis.config.projection_dim = 16
-    vis = CLIPVisionModelWithProjection(vis.config).eval()
-    vis.load_state_dict(
-        {k: v for k, v in clip.state_dict().items() if k.startswith(("vision_model.", "visual_"))}
-    )
-    with torch.no_grad():
-        assert (vis(pixel_values=x).image_embeds - got).abs().max() <= 1e-5
 
 
 def test_text_features_equal(qg_folder, tokenizer) -> None:
@@ -238,6 +228,39 @@ def test_id_not_in_cache(hub_cache) -> None:
         load_model("hf:openai/clip-vit-base-patch32")
     assert "hf download openai/clip-vit-base-patch32" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_download_only_when_allowed(hub_cache, qg_folder, monkeypatch) -> None:
+    """allow_download=True fetches the repo's config, weights and tokenizer files with
+    huggingface_hub (stubbed here: it puts the snapshot in the cache); without it, nothing."""
+    import huggingface_hub
+
+    _, folder = qg_folder
+    calls: list[tuple[str, list[str]]] = []
+
+    def fake_download(repo: str, allow_patterns: list[str], cache_dir: str) -> str:
+        calls.append((repo, allow_patterns))
+        return str(_fake_cache(Path(cache_dir), repo, lambda d: shutil.copytree(folder, d)))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    with pytest.raises(UnknownModelError, match="not in the local Hugging Face cache"):
+        load_model(f"hf:{REPO}")
+    assert calls == []
+    m = load_model(f"hf:{REPO}", allow_download=True)
+    assert m.info.extra["repo"] == REPO and len(calls) == 1
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(calls[0][1])
+    load_model(f"hf:{REPO}")  # now served from the cache
+    assert len(calls) == 1
+
+
+def test_open_clip_repo_given_as_hf(hub_cache) -> None:
+    def open_clip_repo(d: Path) -> None:
+        d.mkdir(parents=True)
+        (d / "open_clip_config.json").write_text("{}")
+
+    _fake_cache(hub_cache, "someone/open-clip", open_clip_repo)
+    with pytest.raises(UnknownModelError, match="--model hf-hub:someone/open-clip"):
+        load_model("hf:someone/open-clip")
 
 
 def test_names_that_carry_weights(qg_folder) -> None:

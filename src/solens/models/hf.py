@@ -221,23 +221,29 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def vision_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The vision tower's settings of a ``clip`` or ``clip_vision_model`` config, with
-    transformers' defaults (``CLIPVisionConfig``) filled in and ``projection_dim`` set."""
-    from transformers import CLIPVisionConfig
+    """The vision tower's settings of a ``clip`` or ``clip_vision_model`` config as
+    transformers reads them (``CLIPConfig`` / ``CLIPVisionConfig``: defaults filled in,
+    legacy keys handled), with the model's ``projection_dim``."""
+    from transformers import CLIPConfig, CLIPVisionConfig
 
-    sub = dict((cfg.get("vision_config") if cfg.get("model_type") == "clip" else cfg) or {})
-    out = {**CLIPVisionConfig().to_dict(), **sub}
-    out["projection_dim"] = int(cfg.get("projection_dim") or sub.get("projection_dim") or 512)
-    return out
+    if cfg.get("model_type") == "clip":
+        full: Any = CLIPConfig.from_dict(cfg)
+        out: dict[str, Any] = full.vision_config.to_dict()
+        out["projection_dim"] = int(full.projection_dim)
+        return out
+    vision: Any = CLIPVisionConfig.from_dict(cfg)
+    return dict(vision.to_dict())
 
 
 def text_config(cfg: dict[str, Any]) -> Any:
-    """``CLIPTextConfig`` of a ``clip`` config with the model's ``projection_dim``."""
-    from transformers import CLIPTextConfig
+    """``CLIPTextConfig`` of a ``clip`` config (as transformers reads it) with the model's
+    ``projection_dim``."""
+    from transformers import CLIPConfig
 
-    sub = dict(cfg.get("text_config") or {})
-    sub["projection_dim"] = int(cfg.get("projection_dim") or sub.get("projection_dim") or 512)
-    return CLIPTextConfig(**sub)
+    full: Any = CLIPConfig.from_dict(cfg)
+    text = full.text_config
+    text.projection_dim = int(full.projection_dim)
+    return text
 
 
 def weights_files(folder: Path) -> list[Path]:
