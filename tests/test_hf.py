@@ -251,6 +251,9 @@ def test_download_only_when_allowed(hub_cache, qg_folder, monkeypatch) -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(calls[0][1])
     load_model(f"hf:{REPO}")  # now served from the cache
     assert len(calls) == 1
+    # the snapshot folder given as a folder: named after its repo, loaded from the folder
+    snap = load_model(checkpoint=m.info.extra["location"])
+    assert snap.info.name == f"hf:{REPO}" and snap.info.extra["repo"] is None
 
 
 def test_open_clip_repo_given_as_hf(hub_cache) -> None:
@@ -352,3 +355,24 @@ def test_cli_folder_given_as_model_name(qg_folder, tmp_path, capsys) -> None:
     )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and f"--model hf:{folder}" in lines[0]
+
+
+def test_legacy_config_keys(tmp_path, tokenizer) -> None:
+    """Configs as the OpenAI repos on the hub have them (eos_token_id 2, *_config_dict null,
+    torch_dtype): read as transformers reads them, features equal CLIPModel.from_pretrained."""
+    folder = _save(tmp_path / "legacy", _clip(seed=9), tokenizer)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(text_config_dict=None, vision_config_dict=None, transformers_version=None,
+               torch_dtype="float32", _name_or_path="openai/clip-vit-base-patch32")
+    cfg["text_config"].update(bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    m = load_model(checkpoint=folder)
+    ref = CLIPModel.from_pretrained(folder).eval()
+    x = _pixels(2)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        text = ref.get_text_features(**batch)
+        text = text if isinstance(text, torch.Tensor) else text.pooler_output
+        image = _image_features(ref, x)
+    torch.testing.assert_close(m.encode_text(TEXTS), text, rtol=0, atol=1e-6)
+    assert (m.encode_image(x) - image).abs().max() <= 1e-5

@@ -182,6 +182,15 @@ def resolve_folder(spec: str, *, allow_download: bool = False) -> tuple[Path, st
     return Path(path), spec
 
 
+def folder_label(folder: Path) -> str:
+    """How a checkpoint folder is named in ``ModelInfo.name`` (after ``hf:``): its name, or
+    ``ORG/NAME`` for a snapshot folder of the hub cache (``models--ORG--NAME/snapshots/REV``)."""
+    cache_dir = folder.parent.parent.name
+    if folder.parent.name == "snapshots" and cache_dir.startswith("models--"):
+        return cache_dir[len("models--") :].replace("--", "/")
+    return folder.name
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     """``config.json`` of a checkpoint folder, checked to be a CLIP the lens can trace (one-line
     ``UnknownModelError``/``UnsupportedModelError`` otherwise)."""
@@ -516,7 +525,7 @@ def load_hf(
     """A transformers CLIP checkpoint as a solens ``Model`` on the CPU: ``spec`` is a folder
     or a hub model id (``ORG/NAME``, from the local cache unless ``allow_download``).
 
-    ``info``: name ``hf:ORG/NAME`` (``hf:<folder name>`` for a folder), source
+    ``info``: name ``hf:ORG/NAME`` (``hf:`` + ``folder_label`` for a folder), source
     ``transformers``, pretrained ``checkpoint:<sha256[:16]>`` of the weights, QuickGELU from
     ``vision_config.hidden_act`` (``quick_gelu=`` overrides it, with a warning); ``extra``
     records the repo, the folder, the weights file and its sha256. A ``clip_vision_model``
@@ -554,7 +563,7 @@ def load_hf(
         "hidden_act": act,
         "quick_gelu_from": "config" if quick_gelu is None else "user",
     }
-    name = f"{HF_PREFIX}{repo}" if repo is not None else f"{HF_PREFIX}{folder.name}"
+    name = f"{HF_PREFIX}{repo or folder_label(folder)}"
     info = describe_visual(
         visual, name=name, pretrained=f"checkpoint:{sha[:16]}", source="transformers",
         extra=extra,
