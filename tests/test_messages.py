@@ -40,7 +40,8 @@ def test_unknown_model_close_names() -> None:
     )
     assert str(unknown_model_error("zzz", known)) == (
         "unknown model 'zzz'; a model is an open_clip name (open_clip.list_models()), "
-        "hf-hub:ORG/REPO, local-dir:FOLDER or solens-tiny"
+        "hf:ORG/NAME or hf:FOLDER (transformers CLIP), hf-hub:ORG/REPO, local-dir:FOLDER or "
+        "solens-tiny"
     )
 
 

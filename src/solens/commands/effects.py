@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
     def effects_cmd(
         model: str = typer.Option(
             ..., "--model", metavar="NAME",
-            help="open_clip name (ViT-B-32), hf-hub:/local-dir: id or solens-tiny.",
+            help="open_clip name (ViT-B-32), hf:ORG/NAME or hf:FOLDER (transformers CLIP), "
+            "hf-hub:/local-dir: id or solens-tiny; `solens models` lists them.",
         ),
         layers: list[str] = typer.Option(
             ..., "--layers", metavar="LAYER...",
@@ -36,7 +37,8 @@ def register(app: typer.Typer) -> None:
         ),
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", metavar="PATH",
-            help="Local weights file for --model's architecture.",
+            help="Local weights file for --model's architecture (a transformers CLIP folder "
+            "with --model hf).",
         ),
         batch_size: int = typer.Option(
             32, "--batch-size", min=1, metavar="N", help="Images per forward pass."

@@ -19,8 +19,15 @@ from solens.errors import UnknownModelError
 TINY = "solens-tiny"
 _HF_PREFIX = "hf-hub:"
 _LOCAL_PREFIX = "local-dir:"
+HF_NAME = "hf"
+HF_PREFIX = "hf:"
+"""``hf:ORG/NAME`` or ``hf:FOLDER``: a Hugging Face transformers CLIP checkpoint (``hf`` alone
+with ``--checkpoint FOLDER``); ``hf-hub:`` names are open_clip repos on the hub."""
 
-NAME_FORMS = "an open_clip name (open_clip.list_models()), hf-hub:ORG/REPO, local-dir:FOLDER"
+NAME_FORMS = (
+    "an open_clip name (open_clip.list_models()), hf:ORG/NAME or hf:FOLDER (transformers CLIP), "
+    "hf-hub:ORG/REPO, local-dir:FOLDER"
+)
 """What a model name can be, for messages (with ``TINY`` after it)."""
 
 
@@ -46,6 +53,9 @@ def unknown_model_error(name: str, known: Sequence[str]) -> UnknownModelError:
     if Path(name).is_file():
         hint = (": it is a file; pass it with --checkpoint PATH and its architecture with "
                 "--model NAME (Python: load_model(NAME, checkpoint=PATH))")
+    elif Path(name).is_dir():
+        hint = (f": it is a folder; pass it as --model {HF_PREFIX}{name} (a transformers CLIP "
+                f"checkpoint) or --model {_LOCAL_PREFIX}{name} (an open_clip folder)")
     elif close:
         hint = f"; did you mean {', '.join(close)}?"
     else:
@@ -55,11 +65,12 @@ def unknown_model_error(name: str, known: Sequence[str]) -> UnknownModelError:
 
 def check_model_name(name: str) -> None:
     """``UnknownModelError`` for a name ``load_model`` cannot resolve: not ``solens-tiny``,
-    ``hf-hub:``/``local-dir:`` or an open_clip architecture (``architecture_names``). Fast:
-    imports neither torch nor open_clip."""
-    if name == TINY or name.startswith((_HF_PREFIX, _LOCAL_PREFIX)):
+    ``hf:``/``hf-hub:``/``local-dir:`` or an open_clip architecture (``architecture_names``).
+    Fast: imports neither torch nor open_clip."""
+    if name in (TINY, HF_NAME) or name.startswith((HF_PREFIX, _HF_PREFIX, _LOCAL_PREFIX)):
         return
     known = architecture_names()
-    name = name.replace("/", "-")
-    if known and name not in known:  # no open_clip at all: load_model says so
-        raise unknown_model_error(name, [*known, TINY])
+    arch = name.replace("/", "-")
+    if known and arch not in known:  # no open_clip at all: load_model says so
+        # a file or folder keeps its spelling, for the hint on how to pass it
+        raise unknown_model_error(name if Path(name).exists() else arch, [*known, TINY])

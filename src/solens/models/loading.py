@@ -25,6 +25,7 @@ from torch import nn
 
 from solens.errors import InputError, SolensError, UnknownModelError, UnsupportedModelError
 from solens.models import names
+from solens.models.catalog import HF_NAME, HF_PREFIX
 from solens.models.checkpoints import (
     _first_line,
     file_sha256,
@@ -32,6 +33,7 @@ from solens.models.checkpoints import (
     load_weights,
     read_state_dict,
 )
+from solens.models.hf import is_hf_name, load_hf
 from solens.models.hub import _require_hf_text, _weights_source, fetch_pretrained, resolve_schema
 from solens.models.model import RANDOM, Model
 from solens.models.names import (
@@ -189,8 +191,39 @@ def _load_schema(name: str, device: str | torch.device, quick_gelu: bool | None)
 
 
 def _carries_weights(name: str) -> bool:
-    """Names whose weights come with them: solens-tiny, hf-hub:, local-dir:."""
-    return name == TINY or name.startswith((_HF_PREFIX, _LOCAL_PREFIX))
+    """Names whose weights come with them: solens-tiny, hf:, hf-hub:, local-dir:."""
+    return name == TINY or is_hf_name(name) or name.startswith((_HF_PREFIX, _LOCAL_PREFIX))
+
+
+def _load_hf(
+    name: str | None,
+    pretrained: str | None,
+    checkpoint: str | os.PathLike[str] | None,
+    *,
+    device: str | torch.device,
+    quick_gelu: bool | None,
+    allow_download: bool,
+) -> Model:
+    """``hf:ORG/NAME``, ``hf:FOLDER`` or ``checkpoint=FOLDER`` (``solens.models.hf``)."""
+    if pretrained is not None:
+        raise UnknownModelError(
+            f"{name or checkpoint} carries its own weights: drop --pretrained (Python: pretrained=)"
+        )
+    if name is not None and name != HF_NAME and checkpoint is not None:
+        raise UnknownModelError(
+            f"{name} carries its own weights: drop --checkpoint (Python: checkpoint=)"
+        )
+    spec = str(checkpoint) if checkpoint is not None else (name or "")[len(HF_PREFIX) :]
+    if not spec:
+        raise UnknownModelError(
+            f"--model {HF_NAME} needs --checkpoint FOLDER; or pass --model {HF_PREFIX}ORG/NAME "
+            f"or {HF_PREFIX}FOLDER"
+        )
+    model = load_hf(spec, quick_gelu=quick_gelu, allow_download=allow_download)
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError) as e:  # e.g. "cuda" on a machine without CUDA
+        raise InputError(f"cannot move the model to device {device!r}: {_first_line(e)}") from None
 
 
 def require_weights(
@@ -212,12 +245,13 @@ def require_weights(
 
 
 def load_model(
-    name: str,
+    name: str | None = None,
     pretrained: str | None = None,
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     quick_gelu: bool | None = None,
+    allow_download: bool = False,
 ) -> Model:
     """Load a CLIP model as a solens ``Model`` (eval mode, float32, on ``device``).
 
@@ -235,12 +269,36 @@ def load_model(
     - ``load_model("hf-hub:org/repo")`` (served from the hub cache when it holds the repo)
       and ``load_model("local-dir:/path")`` (open_clip_config.json + a weights file);
       ``info.pretrained`` is ``"checkpoint:<sha256[:16]>"`` of the weights file.
+    - ``load_model("hf:openai/clip-vit-base-patch32")`` (a transformers CLIP from the local
+      Hugging Face cache; downloaded only with ``allow_download=True``),
+      ``load_model("hf:FOLDER")`` or ``load_model(checkpoint=FOLDER)`` (a folder with
+      config.json, model.safetensors or pytorch_model.bin and tokenizer files): the vision
+      tower converted to open_clip's, the text side run by transformers
+      (``solens.models.hf``); ``info.source`` is ``"transformers"``.
     - ``load_model("solens-tiny")``: the bundled model.
 
     QuickGELU follows the weights (tag metadata, "-quickgelu" configs, OpenAI TorchScript
     archives use it); ``quick_gelu=`` overrides. ``info.extra`` records where the weights
     came from.
     """
+    if is_hf_name(name) or (
+        name is None and checkpoint is not None and Path(checkpoint).expanduser().is_dir()
+    ):
+        return _load_hf(
+            name, pretrained, checkpoint, device=device, quick_gelu=quick_gelu,
+            allow_download=allow_download,
+        )
+    if name is None:
+        raise UnknownModelError(
+            "give a model name (Python: load_model(NAME, ...)), or checkpoint=FOLDER for a "
+            "transformers CLIP checkpoint folder"
+        )
+    if checkpoint is not None and Path(checkpoint).expanduser().is_dir():
+        raise UnknownModelError(
+            f"checkpoint {checkpoint} is a folder: a transformers CLIP checkpoint folder is "
+            f"loaded as --model {HF_PREFIX}FOLDER (Python: load_model(checkpoint=FOLDER)), an "
+            f"open_clip folder as --model {_LOCAL_PREFIX}FOLDER"
+        )
     if name == TINY:
         return _load_tiny(pretrained, checkpoint, device, quick_gelu)
     if name.startswith((_HF_PREFIX, _LOCAL_PREFIX)):

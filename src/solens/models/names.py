@@ -75,21 +75,54 @@ def _model_config(name: str) -> dict[str, Any]:
     return cfg
 
 
+ATTENTIONAL = "attentional pooling"
+MEAN_POOLING = "mean pooling"
+CONVNEXT = "ConvNeXt tower"
+RESNET = "ResNet tower"
+TIMM = "other timm tower"
+REFUSED_FAMILIES = {
+    ATTENTIONAL: "the image embedding is read out by an attention head (SigLIP's MAP head, "
+    "CoCa's attentional pooler), not the CLS token: second-order paths end in that head",
+    MEAN_POOLING: "the embedding averages all tokens instead of reading the CLS token, which "
+    "the second-order paths end in",
+    CONVNEXT: "a convolutional tower: no attention heads to carry second-order effects",
+    RESNET: "OpenAI's ModifiedResNet: convolutions with an attention-pool head",
+    TIMM: "a timm vision transformer (EVA, ViTamin, FastViT, Swin, ...): the lens traces "
+    "open_clip's own VisionTransformer blocks",
+}
+"""Families of vision towers the lens refuses, with the reason (``solens models``, docs)."""
+
+
+def refusal(cfg: dict[str, Any]) -> tuple[str, str] | None:
+    """(family in ``REFUSED_FAMILIES``, reason) when an open_clip config's vision tower is one
+    the lens cannot trace, else None."""
+    v = cfg.get("vision_cfg", {})
+    if "timm_model_name" in v:
+        timm = v["timm_model_name"]
+        if v.get("timm_pool") == "map":
+            return ATTENTIONAL, (
+                f"its vision tower is a timm model ({timm}) with attentional pooling "
+                "(a MAP head, as in SigLIP)"
+            )
+        family = CONVNEXT if "convnext" in timm else TIMM
+        return family, f"its vision tower is a timm model ({timm})"
+    if isinstance(v.get("layers"), list | tuple):
+        return RESNET, "its vision tower is a ModifiedResNet"
+    if v.get("attentional_pool") or "multimodal_cfg" in cfg:
+        return ATTENTIONAL, "its vision tower uses attentional pooling (CoCa)"
+    if v.get("pool_type", "tok") != "tok":
+        return MEAN_POOLING, (
+            f"its vision tower uses {v['pool_type']!r} pooling instead of the CLS token"
+        )
+    return None
+
+
 def check_config_supported(name: str, cfg: dict[str, Any]) -> None:
     """Reject configs whose vision tower the lens cannot trace, before building them."""
-    v = cfg.get("vision_cfg", {})
-    reason = None
-    if "timm_model_name" in v:
-        reason = f"its vision tower is a timm model ({v['timm_model_name']})"
-    elif isinstance(v.get("layers"), list | tuple):
-        reason = "its vision tower is a ModifiedResNet"
-    elif v.get("attentional_pool") or "multimodal_cfg" in cfg:
-        reason = "its vision tower uses attentional pooling (CoCa)"
-    elif v.get("pool_type", "tok") != "tok":
-        reason = f"its vision tower uses {v['pool_type']!r} pooling instead of the CLS token"
-    if reason:
+    refused = refusal(cfg)
+    if refused:
         raise UnsupportedModelError(
-            f"model {name!r} is not supported: {reason}; supported: {SUPPORTED}"
+            f"model {name!r} is not supported: {refused[1]}; supported: {SUPPORTED}"
         )
 
 

@@ -533,13 +533,14 @@ class Run:
 
     def load_model(self, device: str | torch.device = "cpu") -> Model:
         """Re-load the model that computed the run (from the manifest's ``model``: a
-        checkpoint, hf-hub/local-dir, solens-tiny or an open_clip pretrained tag) on
+        checkpoint, hf:, hf-hub/local-dir, solens-tiny or an open_clip pretrained tag) on
         ``device`` and check its vision weights against ``weights_sha256``
         (``RunMismatchError`` when they differ; ``InputError`` for random weights and for
         models given in Python without a record of their weights)."""
 
         info = self.model
-        extra = info.get("extra") or {}
+        # file locations are kept beside the identity (``model_files``)
+        extra = {**(info.get("extra") or {}), **(self.manifest.model_files or {})}
         name = info["name"]
         qg = bool(info.get("quick_gelu", False))
         how = extra.get("weights")
@@ -556,6 +557,15 @@ class Run:
             )
         if how == "checkpoint":
             model = load_model(name, checkpoint=extra["checkpoint"], device=device, quick_gelu=qg)
+        elif how == "hf":  # a transformers CLIP: from the hub cache (repo), else its folder
+            user_qg = qg if extra.get("quick_gelu_from") == "user" else None
+            repo = extra.get("repo")
+            model = load_model(
+                name if repo else None,
+                checkpoint=None if repo else extra["location"],
+                device=device,
+                quick_gelu=user_qg,
+            )
         elif how in ("hf-hub", "local-dir") or name == "solens-tiny":
             model = load_model(name, device=device)
         else:
