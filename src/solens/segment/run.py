@@ -467,5 +467,45 @@ def write_outputs(out: Path, result: SegmentResult, source: MaskedImages | None 
     save_text_atomic(out / "segment.md", markdown(result, source))
 
 
-__all__ = ["METHODS", "SegmentResult", "SegmentSettings", "Segmenter", "default_k",
-           "default_layers", "default_textspan_layers", "segment_run", "summary"]
+# --- the demo's section ---------------------------------------------------------------------
+DEMO_SEED = 12348
+"""Seed of the scenes the demo segments (not the headline set's, the run's or ablate's)."""
+
+
+def demo_section(run: Run, model: Model, n: int = 100, split: str = "balanced",
+                 n_overlays: int = 4, progress: bool = False) -> dict[str, Any]:
+    """``solens segment`` on ``n`` scenes of ``split`` (seed ``DEMO_SEED``) with the
+    defaults: ``{"split", "n_images", "<method>": {"pixel_acc", "miou", "map"}, ...}`` plus
+    ``images`` (the spec), ``layers``, ``k`` and ``folder`` (relative to the demo folder)."""
+    spec = f"synth:{split}:{n}:{DEMO_SEED}"
+    res = segment_run(run, spec, model=model, n_overlays=n_overlays, restart=True,
+                      progress=progress)
+    return {"split": split, "n_images": res.n_images, **res.table(), "images": spec,
+            "layers": res.settings.layers, "k": res.settings.k,
+            "folder": str(Path(run.path.name) / SEGMENT_DIR)}
+
+
+def report_lines(section: dict[str, Any] | None) -> list[str]:
+    """The demo report's part for ``solens segment`` (docs/segment.md explains it)."""
+    if not section:
+        return []
+    lines = ["", "## Zero-shot segmentation (`solens segment`)", "",
+             f"{section['n_images']} `{section['split']}` scenes (`{section.get('images')}`), "
+             "exact masks of the primary object; target: the predicted class; second-order maps "
+             f"from blocks {section.get('layers')}, top {section.get('k')} neurons. Percent; "
+             "docs/segment.md compares the methods on 500 scenes per split and explains "
+             "where the second-order maps fall short.", "",
+             "| method | pixel acc. | mIoU | mAP |", "|---|---:|---:|---:|"]
+    for m in METHODS:
+        if m in section:
+            r = section[m]
+            lines.append(f"| {m} | {100 * r['pixel_acc']:.1f} | {100 * r['miou']:.1f} | "
+                         f"{100 * r['map']:.1f} |")
+    if section.get("folder"):
+        lines += ["", f"![overlays]({section['folder']}/overlays/00000.png)"]
+    return lines
+
+
+__all__ = ["DEMO_SEED", "METHODS", "SegmentResult", "SegmentSettings", "Segmenter", "default_k",
+           "default_layers", "default_textspan_layers", "demo_section", "report_lines",
+           "segment_run", "summary"]
