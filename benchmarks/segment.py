@@ -14,6 +14,7 @@ ViT-B/32 shape.
 
     python benchmarks/segment.py                 # both parts, writes results/segment.json
     python benchmarks/segment.py --skip-tiny     # only the ViT-B/32 costs
+    python benchmarks/segment.py --threads 1     # one torch thread (a busy shared machine)
 """
 
 from __future__ import annotations
@@ -148,12 +149,17 @@ def main() -> None:
     ap.add_argument("--b32-batch", type=int, default=8)
     ap.add_argument("--k", type=int, default=200)
     ap.add_argument("--skip-tiny", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own choice); on a machine that other "
+                         "jobs keep busy, 1 thread avoids oversubscription")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).resolve().parent / "results" / "segment.json")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                 "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__}
+                 "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                 "threads": torch.get_num_threads(), "load_start": _load()}
     if not args.skip_tiny:
         args.work.mkdir(parents=True, exist_ok=True)
         out["tiny"] = tiny(args.work, args.n)

@@ -377,6 +377,19 @@ def test_segment_command_and_resume(env, capsys) -> None:
                     layers=[0, 1], k=5, progress=False, model=env["model"])
 
 
+def test_segment_reads_the_imagenet_segmentation_file(env, tmp_path) -> None:
+    from solens.segment.run import segment_run, summary
+
+    rng = np.random.default_rng(9)
+    imgs = [rng.integers(0, 256, (30 + 6 * i, 44, 3), dtype=np.uint8) for i in range(3)]
+    gts = [rng.random(im.shape[:2]) < 0.4 for im in imgs]
+    _write_mat(tmp_path / "gtsegs_ijcv.mat", imgs, gts)
+    res = segment_run(env["run"], tmp_path / "gtsegs_ijcv.mat", query="a dog", layers=[0],
+                      k=4, n_overlays=0, restart=True, progress=False, model=env["model"])
+    assert res.n_images == 3
+    assert summary(res)["settings"]["images"]["kind"] == "imagenet-segmentation"
+
+
 def test_bad_inputs(env, capsys, monkeypatch, tmp_path) -> None:
     run = env["run"]
     im, mk = env["tmp"] / "im", env["tmp"] / "mk"
