@@ -115,7 +115,8 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
 
     small = EvalSet(n=150, seed=12345)
     monkeypatch.setattr(solens.demo, "run_demo",
-                        functools.partial(solens.demo.run_demo, eval_set=small, ablate_n=60))
+                        functools.partial(solens.demo.run_demo, eval_set=small, ablate_n=60,
+                                          segment_n=12))
     out = tmp_path / "demo"
     main(["demo", "--out", str(out), "--n", "120", "--k", "12", "--pool", "world",
           "--terms", "8", "--no-progress"])
@@ -154,6 +155,15 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
     assert set(a["pc1_variance"]) == {"second_order", "indirect"}
     assert (out / "run" / "ablate" / "fig3.png").is_file()
     assert "## The paper's layer experiments" in report
+    # solens segment's section: the checked contract of summary.json["segment"]
+    sg = summary["segment"]
+    assert sg["split"] == "balanced" and sg["n_images"] == 12
+    for m in ("second_order", "second_order_signed", "raw_attention", "rollout", "chefer",
+              "textspan", "gradcam", "random_neurons"):
+        assert set(sg[m]) == {"pixel_acc", "miou", "map"}
+        assert all(0 <= x <= 1 for x in sg[m].values())
+    assert (out / "run" / "segment" / "overlays" / "00000.png").is_file()
+    assert "## Zero-shot segmentation" in report
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert printed.startswith("150 held-out scenes per split (seed 12345): zero-shot balanced")
 

@@ -30,7 +30,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("effects", "export", "describe", "ablate", "synth", "demo", "models")
+COMMAND_MODULES = (
+    "effects", "export", "describe", "ablate", "segment", "synth", "models", "demo",
+)
 
 
 def _print_version(value: bool) -> None:

@@ -29,6 +29,8 @@ from solens.groundtruth.score import score_run
 from solens.groundtruth.score import summary as score_summary
 from solens.models.loading import load_model
 from solens.models.model import Model
+from solens.segment.run import demo_section as segment_section
+from solens.segment.run import report_lines as segment_report
 from solens.store.arrays import save_json_atomic, save_text_atomic
 from solens.store.compute import run_effects
 from solens.store.protocol import DescriptionsDoc
@@ -179,6 +181,7 @@ def _report(summary: dict[str, Any]) -> str:
     if d:
         lines += _describe_section(d, ri)
     lines += _ablate_section(summary.get("ablate"))
+    lines += segment_report(summary.get("segment"))
     lines += ["", "## Timings (s)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in summary["timings"].items()]
     return "\n".join(lines) + "\n"
@@ -338,6 +341,7 @@ def run_demo(
     progress: bool = True,
     eval_set: EvalSet = HEADLINE,
     ablate_n: int = 500,
+    segment_n: int = 100,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every step on solens-tiny (or ``model``) and write the report into ``out``.
@@ -347,7 +351,8 @@ def run_demo(
     quote); the effects run, descriptions and scores use the first ``n`` of its balanced
     scenes and ``layers`` (default: every block with a later block). With the descriptions,
     ``solens ablate``'s experiments evaluate ``ablate_n`` other balanced scenes (seed
-    ``ABLATE_SEED``), the run's images being the reference set."""
+    ``ABLATE_SEED``), the run's images being the reference set; ``solens segment`` segments
+    ``segment_n`` other balanced scenes (``solens.segment.run.DEMO_SEED``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -413,6 +418,9 @@ def run_demo(
                          layers=layers, pools=[pool], k=k, progress=progress)
         summary["ablate"] = {**abl.summary(), "eval": abl.settings.eval["spec"],
                              "folder": str(Path("run") / "ablate")}
+        done()
+        done = step("segmentation", f" ({segment_n} other scenes)")
+        summary["segment"] = segment_section(run, model, segment_n, progress=progress)
         done()
     timings["total"] = time.perf_counter() - t_all
     save_json_atomic(out / "summary.json", summary)

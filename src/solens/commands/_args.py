@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from solens.errors import InputError
 
-MULTI_OPTIONS = ("--layers", "--neurons")
+MULTI_OPTIONS = ("--layers", "--neurons", "--textspan-layers")
 _NUMBERISH = re.compile(r"^\d*(:\d*)?(,\d*(:\d*)?)*$")
 
 

@@ -129,9 +129,22 @@ def _from_file(path: Path, labels: Sequence[str]) -> ClassifierSpec:
                           tuple(templates), str(path))
 
 
+def imagenet_spec() -> ClassifierSpec:
+    """ImageNet-1k: open_clip's class names (labels = synset ids) and its 80 templates."""
+    return ClassifierSpec(tuple(imagenet_synsets()), tuple(_imagenet_names()),
+                          tuple(_openai_templates()),
+                          "open_clip ImageNet class names, 80 OpenAI templates")
+
+
+def file_spec(classes_file: str | Path) -> ClassifierSpec:
+    """The classifier of a ``--classes`` JSON file alone (no dataset labels to match)."""
+    return _from_file(Path(classes_file), ())
+
+
 def class_directions(model: Model, spec: ClassifierSpec) -> Tensor:
     """Class directions [C, d] (unit rows, float32, CPU) in ``spec.labels`` order."""
     return ensembled_directions(model, spec.prompts())
 
 
-__all__ = ["ClassifierSpec", "class_directions", "classifier_spec", "imagenet_synsets"]
+__all__ = ["ClassifierSpec", "class_directions", "classifier_spec", "file_spec",
+           "imagenet_spec", "imagenet_synsets"]

@@ -1,0 +1,1 @@
+"""Zero-shot segmentation from second-order effects, baselines, metrics and dataset readers."""
