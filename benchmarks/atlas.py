@@ -59,6 +59,7 @@ def _atlas(run, out: Path, model, **kw) -> dict:
 
 
 def b32(work: Path, layer: int, n: int) -> dict:
+    torch.manual_seed(0)  # the same random weights each time: the run in --work is reused
     model = load_model("ViT-B-32", "random")
     run = _described(model, f"synth:balanced:{n}:7:96", [layer], work / "b32-run", k=10,
                      terms=16)

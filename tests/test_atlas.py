@@ -160,21 +160,47 @@ def test_site_lists_every_described_neuron(env) -> None:
     assert manifest["format"] == "solens-atlas" and manifest["done"]["finished"]
 
 
-def test_a_resumed_build_rewrites_only_what_is_missing(env, monkeypatch) -> None:
+def test_a_killed_build_resumes_with_the_pages_it_wrote(env, monkeypatch) -> None:
     import solens.atlas.build as B
 
     site = env["tmp"] / "resume"
-    shutil.copytree(env["site"], site)
-    pages = sorted((site / "neurons").rglob("*.html"))
-    before = {p: p.stat().st_mtime_ns for p in pages}
-    pages[5].unlink()
     written: list[Path] = []
     real = B._write_page
+
+    def killed_after_10(path: Path, text: str) -> None:
+        if len(written) == 10:
+            raise KeyboardInterrupt
+        written.append(path)
+        real(path, text)
+
+    monkeypatch.setattr(B, "_write_page", killed_after_10)
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(env["run"], site, model=env["model"], n_top=3, progress=False)
+    first = {p: p.stat().st_mtime_ns for p in written}
     monkeypatch.setattr(B, "_write_page", lambda p, t: (written.append(p), real(p, t)))
     # no model: the heatmaps come from the cache (a random-weights run cannot re-load it)
     build_atlas(env["run"], site, n_top=3, progress=False)
+    pages = sorted((site / "neurons").rglob("*.html"))
+    assert len(pages) == 2 * env["run"].n_neurons == len(written)
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())
+    assert (site / "neurons" / "layer-00" / "0000.html").read_text() == (
+        env["site"] / "neurons" / "layer-00" / "0000.html").read_text()
+    # again with the same inputs: nothing to write; a deleted page is written again
+    written.clear()
+    pages[5].unlink()
+    build_atlas(env["run"], site, n_top=3, progress=False)
     assert written == [pages[5]]
-    assert all(p.stat().st_mtime_ns == before[p] for p in pages if p != pages[5])
+    # new experiment files: every page anew (they show them), images and heatmaps kept
+    (env["run"].path / "discover").mkdir()
+    try:
+        (env["run"].path / "discover" / "discover.json").write_text(json.dumps(
+            {"format": "solens-discover", "version": 1, "images": []}))
+        written.clear()
+        build_atlas(env["run"], site, n_top=3, progress=False)
+        assert len(written) == len(pages)
+        assert 'href="../../discover.html"' in pages[0].read_text()
+    finally:
+        shutil.rmtree(env["run"].path / "discover")
     # other settings: everything again, and stale files go
     written.clear()
     (site / "cache" / "stale.npy").write_bytes(b"")

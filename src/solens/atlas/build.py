@@ -276,11 +276,12 @@ def build_atlas(
     seconds["images"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if done.get("pages_digest") != pages_digest:  # pages of other inputs: all anew
+        shutil.rmtree(out / "neurons", ignore_errors=True)
+        record("pages_digest", pages_digest)
     sections = _write_site(run, out, ls, top, heat, pool_name, n_nearest, index_terms,
-                           page_terms, max_overlays, max_attack_images,
-                           rewrite=done.get("pages_digest") != pages_digest, progress=progress)
+                           page_terms, max_overlays, max_attack_images, progress=progress)
     seconds["pages"] = time.perf_counter() - t0
-    done["pages_digest"] = pages_digest
     seconds["total"] = time.perf_counter() - t_all
     record("finished", now())
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -399,10 +400,11 @@ def _term_label(text: str, coef: float) -> str:
 
 def _write_site(run: Run, out: Path, ls: list[_Layer], top: dict[int, np.ndarray],
                 heat: dict[int, np.ndarray], pool: str, n_nearest: int, index_terms: int,
-                page_terms: int, max_overlays: int, max_attack_images: int, *, rewrite: bool,
+                page_terms: int, max_overlays: int, max_attack_images: int, *,
                 progress: bool) -> list[str]:
     """Assets, experiment pages, index data, layer pages and neuron pages; neuron pages
-    that exist are kept unless ``rewrite``. Returns the experiment pages written."""
+    that exist are kept (they were written from the same inputs: ``build_atlas`` removes
+    them when the inputs change). Returns the experiment pages written."""
     env = _env()
     model_info = run.model
     random = is_random(model_info)
@@ -494,7 +496,7 @@ def _write_site(run: Run, out: Path, ls: list[_Layer], top: dict[int, np.ndarray
         for e in x.doc.neurons:
             n = e.neuron
             path = out / _neuron_href(x.layer, n)
-            if path.exists() and not rewrite:
+            if path.exists():
                 g += 1
                 bar.update()
                 continue
