@@ -19,7 +19,13 @@ from PIL import Image
 
 from solens.atlas.build import build_atlas, find_descriptions
 from solens.atlas.figures import effective_terms, histograms, nearest
-from solens.atlas.heatmaps import patch_contributions, trace_names_for
+from solens.atlas.heatmaps import (
+    MAX_ALPHA,
+    heat_rgba,
+    heat_scale,
+    patch_contributions,
+    trace_names_for,
+)
 from solens.describe.stats import load_stats
 from solens.lens.second_order import token_projections
 from solens.store.compute import default_preprocess
@@ -85,6 +91,16 @@ def test_cached_heatmaps_are_the_top_images_patches(env) -> None:
     r_coef = torch.from_numpy(np.array(load_stats(run, 1).r_coef)).to(model.dtype)
     c = patch_contributions(model, trace, 1, r_coef)[:, 1:, n].double().numpy()
     np.testing.assert_allclose(heat[n], c, rtol=1e-4, atol=1e-6)
+
+
+def test_heat_colours_by_hand() -> None:
+    rgba = heat_rgba(np.array([[1.0, -0.25], [0.0, -3.0]]), scale=1.0)
+    assert rgba[0, 0].tolist() == [230, 70, 20, MAX_ALPHA]
+    assert rgba[0, 1].tolist() == [30, 100, 235, round(MAX_ALPHA / 2)]  # sqrt(1/4)
+    assert rgba[1, 0, 3] == 0 and rgba[1, 1, 3] == MAX_ALPHA  # clipped at the scale
+    v = np.concatenate([np.linspace(-1, 1, 199), [50.0, np.nan]])
+    assert heat_scale(v) == pytest.approx(np.percentile(np.abs(v[:-1]), 99))
+    assert heat_scale(np.array([np.nan])) == 0.0
 
 
 def test_effective_terms_by_hand() -> None:

@@ -47,6 +47,7 @@ from solens import __version__
 from solens.atlas.figures import effective_terms, histogram_svg, histograms, nearest
 from solens.atlas.heatmaps import (
     heat_rgba,
+    heat_scale,
     patch_contributions,
     png_data_uri,
     thumbnail,
@@ -503,8 +504,7 @@ def _write_site(run: Run, out: Path, ls: list[_Layer], top: dict[int, np.ndarray
             images = []
             t = top[x.layer][n]
             h = hx[n] if hx is not None else None
-            scale = float(np.nanmax(np.abs(h))) if h is not None and np.isfinite(h).any() \
-                else 0.0
+            scale = heat_scale(h) if h is not None else 0.0
             for j, r in enumerate(int(v) for v in t):
                 if r < 0:
                     continue

@@ -62,13 +62,23 @@ def patch_contributions(model: Model, trace: Trace, layer: int, r_coef: Tensor) 
 
 def heat_rgba(values: np.ndarray, scale: float) -> np.ndarray:
     """A signed heatmap [g, g] as RGBA uint8 [g, g, 4]: positive values orange, negative
-    blue, opacity ``MAX_ALPHA * |value| / scale`` (clipped at ``scale``)."""
+    blue, opacity ``MAX_ALPHA * sqrt(|value| / scale)`` (clipped at ``scale``; the square
+    root keeps patches of a tenth of the scale visible)."""
     v = np.clip(np.asarray(values, dtype=np.float64) / max(float(scale), 1e-30), -1.0, 1.0)
     out = np.zeros((*v.shape, 4), dtype=np.uint8)
     out[v >= 0, :3] = POSITIVE
     out[v < 0, :3] = NEGATIVE
-    out[..., 3] = np.round(MAX_ALPHA * np.abs(v)).astype(np.uint8)
+    out[..., 3] = np.round(MAX_ALPHA * np.sqrt(np.abs(v))).astype(np.uint8)
     return out
+
+
+def heat_scale(values: np.ndarray) -> float:
+    """One opacity scale for a neuron's heatmaps: the 99th percentile of |value| over all
+    its shown patches (a few extreme patches do not wash out the rest); 0 when there are
+    none."""
+    a = np.abs(np.asarray(values, dtype=np.float64))
+    a = a[np.isfinite(a)]
+    return float(np.percentile(a, 99)) if a.size else 0.0
 
 
 def png_data_uri(rgba: np.ndarray) -> str:
@@ -85,4 +95,5 @@ def thumbnail(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(image.convert("RGB"), (side, side), Image.Resampling.BICUBIC)
 
 
-__all__ = ["heat_rgba", "patch_contributions", "png_data_uri", "thumbnail", "trace_names_for"]
+__all__ = ["heat_rgba", "heat_scale", "patch_contributions", "png_data_uri", "thumbnail",
+           "trace_names_for"]
