@@ -318,7 +318,7 @@ def test_run_without_descriptions_names_solens_describe(env, capsys) -> None:
                 workers=0)
     code, _out, err = run_cli(["atlas", str(bare)], capsys)
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("solens: error: "), err
     assert "no neuron descriptions" in lines[0] and f"`solens describe {bare}`" in lines[0]
     assert not (bare / "atlas").exists()
 
@@ -338,7 +338,7 @@ def test_command_errors(env, capsys, args, message) -> None:
     code, _out, err = run_cli(["atlas", str(run), "--out", str(env["tmp"] / "cli"), *args,
                               "--no-progress"], capsys)
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("solens: error: "), err
     assert message.format(run=run) in lines[0]
 
 
