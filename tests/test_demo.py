@@ -116,7 +116,7 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
     small = EvalSet(n=150, seed=12345)
     monkeypatch.setattr(solens.demo, "run_demo",
                         functools.partial(solens.demo.run_demo, eval_set=small, ablate_n=60,
-                                          segment_n=12))
+                                          segment_n=12, atlas_top=2, atlas_layers=[0]))
     out = tmp_path / "demo"
     main(["demo", "--out", str(out), "--n", "120", "--k", "12", "--pool", "world",
           "--terms", "8", "--no-progress"])
@@ -164,7 +164,13 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
         assert all(0 <= x <= 1 for x in sg[m].values())
     assert (out / "run" / "segment" / "overlays" / "00000.png").is_file()
     assert "## Zero-shot segmentation" in report
-    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    # the atlas: the checked contract of summary.json["atlas"]
+    assert summary["atlas"] == "atlas/index.html" and (out / "atlas" / "index.html").is_file()
+    assert len(list((out / "atlas" / "neurons" / "layer-00").glob("*.html"))) == 384
+    assert "## Neuron atlas" in report and "[atlas/index.html](atlas/index.html)" in report
+    captured = capsys.readouterr()
+    assert f"atlas of 384 neurons: {out / 'atlas' / 'index.html'}" in captured.err
+    printed = captured.out.strip().splitlines()[-1]
     assert printed.startswith("150 held-out scenes per split (seed 12345): zero-shot balanced")
 
     # one evaluation path: the demo's figures are evaluate()'s on the same scenes, and the

@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES = (
-    "effects", "export", "describe", "ablate", "segment", "synth", "models", "demo",
+    "effects", "export", "describe", "ablate", "segment", "atlas", "synth", "models", "demo",
 )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from solens import __version__
+from solens.atlas.build import build_atlas
 from solens.describe.describe import describe_run
 from solens.describe.pools import embed_pool, load_pool
 from solens.experiments.ablate import ablate_run
@@ -182,6 +183,11 @@ def _report(summary: dict[str, Any]) -> str:
         lines += _describe_section(d, ri)
     lines += _ablate_section(summary.get("ablate"))
     lines += segment_report(summary.get("segment"))
+    if summary.get("atlas"):
+        lines += ["", "## Neuron atlas (`solens atlas`)", "",
+                  f"Open [{summary['atlas']}]({summary['atlas']}) in a browser (no server "
+                  "needed): every described neuron, searchable by word, with its terms, top "
+                  "images and their per-patch heatmaps; docs/atlas.md explains the pages."]
     lines += ["", "## Timings (s)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in summary["timings"].items()]
     return "\n".join(lines) + "\n"
@@ -342,6 +348,8 @@ def run_demo(
     eval_set: EvalSet = HEADLINE,
     ablate_n: int = 500,
     segment_n: int = 100,
+    atlas_top: int = 4,
+    atlas_layers: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every step on solens-tiny (or ``model``) and write the report into ``out``.
@@ -352,7 +360,9 @@ def run_demo(
     scenes and ``layers`` (default: every block with a later block). With the descriptions,
     ``solens ablate``'s experiments evaluate ``ablate_n`` other balanced scenes (seed
     ``ABLATE_SEED``), the run's images being the reference set; ``solens segment`` segments
-    ``segment_n`` other balanced scenes (``solens.segment.run.DEMO_SEED``)."""
+    ``segment_n`` other balanced scenes (``solens.segment.run.DEMO_SEED``); last the neuron
+    atlas (``OUT/atlas/index.html``, ``atlas_top`` top images per neuron, of
+    ``atlas_layers``: default every described layer)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -422,6 +432,12 @@ def run_demo(
         done = step("segmentation", f" ({segment_n} other scenes)")
         summary["segment"] = segment_section(run, model, segment_n, progress=progress)
         done()
+        done = step("atlas", f" ({atlas_top} top images per neuron)")
+        atlas = build_atlas(run, out / "atlas", model=model, n_top=atlas_top,
+                            layers=atlas_layers, progress=progress)
+        summary["atlas"] = "atlas/index.html"
+        done()
+        log(f"[demo] atlas of {atlas.n_neurons:,} neurons: {atlas.index}")
     timings["total"] = time.perf_counter() - t_all
     save_json_atomic(out / "summary.json", summary)
     save_text_atomic(out / "report.md", _report(summary))
