@@ -32,8 +32,8 @@ from solens.lens.second_order import (
 )
 from solens.models.model import LOCATION_KEYS, Model
 from solens.store.images import FolderImages, SynthImages, images_record, iter_batches, open_images
-from solens.store.protocol import ArraySpec, Manifest
-from solens.store.run import FORMAT_VERSION, MANIFEST, Run, RunWriter, layer_dir, now
+from solens.store.protocol import ArraySpec, ImagesRecord, Manifest
+from solens.store.run import FORMAT_VERSION, IMAGES, MANIFEST, Run, RunWriter, layer_dir, now
 
 CHUNK_TARGET_BYTES = 128 * 2**20
 """Default chunk: about this many bytes of per-image arrays (all layers)."""
@@ -95,6 +95,15 @@ def _existing_chunk_size(out: Path) -> int | None:
         return None
 
 
+def _existing_images(out: Path) -> dict[str, Any] | None:
+    """``images.json`` of the run already at ``out`` (its file sizes, mtimes and sha256
+    spare re-reading unchanged images), or None."""
+    try:
+        return ImagesRecord.read(out / IMAGES).to_dict() if (out / MANIFEST).is_file() else None
+    except InputError:
+        return None
+
+
 @torch.no_grad()
 def run_effects(
     model: Model,
@@ -108,6 +117,7 @@ def run_effects(
     workers: int | None = None,
     extra: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    verify: str = "full",
 ) -> Run:
     """Compute (or resume) the run folder ``out`` for ``layers`` over ``images``.
 
@@ -118,7 +128,14 @@ def run_effects(
     ``images``: a dataset or a spec for ``open_images``. ``chunk_size`` defaults to the
     existing run's, else about 128 MiB of rows. ``extra`` is recorded in the manifest
     (not compared on resume). ``on_chunk(k)`` runs after chunk ``k`` is on disk (tests).
-    Raises ``RunMismatchError`` when ``out`` holds a different run.
+
+    Resuming checks the chunks already listed (``verify="full"``: lengths, headers and
+    sha256 checksums; ``"size"``: without checksums) and computes damaged ones again, and
+    computes again the chunks of images whose contents changed (the manifest's last
+    ``sessions`` entry lists both as ``repaired`` and ``changed``). Raises
+    ``RunMismatchError`` when ``out`` holds a different run, ``StorageError`` when the
+    folder cannot be written (the run stays resumable) and ``InputError`` when no image
+    could be decoded.
     """
     t_setup = time.perf_counter()
     if batch_size < 1:
@@ -126,6 +143,8 @@ def run_effects(
     layers = check_layers(model, layers)
     source = open_images(images) if isinstance(images, (str, Path)) else images
     out = Path(out)
+    if isinstance(source, FolderImages):
+        source.files(known=_existing_images(out), progress=progress)
     arrays = layer_arrays(model, layers)
     if chunk_size is None:
         chunk_size = _existing_chunk_size(out) or default_chunk_size(arrays, batch_size)
@@ -149,7 +168,7 @@ def run_effects(
         "heads": {str(l): (model.info.n_layers - l - 1) * model.info.n_heads for l in layers},
         **(extra or {}),
     }
-    with RunWriter.open(out, identity, images_record(source), header) as writer:
+    with RunWriter.open(out, identity, images_record(source), header, verify=verify) as writer:
         pending = writer.pending()
         t0 = time.perf_counter()
         grams = _directions(model, layers, writer, need_grams=bool(pending))
@@ -165,6 +184,10 @@ def run_effects(
             "chunks": len(pending),
             "candidates": sum(len(range(*writer.chunk_range(k))) for k in pending),
         }
+        if writer.repaired:
+            session["repaired"] = writer.repaired
+        if writer.changed:
+            session["changed"] = writer.changed
         writer.update(sessions=[*writer.manifest.sessions, session])
         t1 = time.perf_counter()
         _compute(model, source, layers, writer, pending, grams, arrays, batch_size, preprocess,
@@ -187,8 +210,9 @@ def run_effects(
         skipped = writer.manifest.skipped
         first = f"first: {skipped[0].path}: {skipped[0].reason}; " if skipped else ""
         raise InputError(
-            f"none of the {writer.n_candidates} images could be decoded "
-            f"({first}all reasons in {out / MANIFEST} 'skipped')"
+            f"none of the {writer.n_candidates} images could be decoded ({first}all reasons "
+            f"in {out / MANIFEST} 'skipped'); the run is not complete: fix or replace the "
+            "images and re-run the same command"
         )
     return Run.open(out)
 
