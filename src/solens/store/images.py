@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -148,9 +149,8 @@ class FolderImages:
         decoded, and ``ImageTooLarge`` for one above Pillow's pixel limit (Pillow's own
         DecompressionBombWarning for images between its two limits is not shown: they
         decode normally)."""
-        _quiet_bomb_warning()
         try:
-            with Image.open(self.root / self.ids[index]) as im:
+            with _open_image(self.root / self.ids[index]) as im:
                 im.load()
                 return to_rgb(im)
         except Image.DecompressionBombError as e:
@@ -253,18 +253,17 @@ class ImageTooLarge(InputError):
         )
 
 
-_BOMB_QUIET = False
+_OPEN_LOCK = threading.Lock()
 
 
-def _quiet_bomb_warning() -> None:
-    """Hide Pillow's DecompressionBombWarning (images between ``MAX_IMAGE_PIXELS`` and twice
-    that decode normally; above, Pillow raises and the image is skipped as
-    ``ImageTooLarge``). One process-wide warnings filter for that category only, added on
-    first use: ``catch_warnings`` is not thread-safe and images decode in threads."""
-    global _BOMB_QUIET
-    if not _BOMB_QUIET:
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        _BOMB_QUIET = True
+def _open_image(path: Path) -> Image.Image:
+    """``Image.open(path)`` (the header only) without Pillow's DecompressionBombWarning for
+    images between ``MAX_IMAGE_PIXELS`` and twice that (they decode normally; above,
+    Pillow raises). ``warnings.catch_warnings`` is not thread-safe and images decode in
+    threads: the opening is serialised (it reads a header; decoding runs in parallel)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 @dataclass
