@@ -35,6 +35,7 @@ from solens.store import run as store_run
 from solens.store.protocol import MODEL_KEYS, Manifest
 from tests.helpers import run_cli
 from tests.store_helpers import image_folder, save_local_model, tiny_model
+from tests.test_effects_cli import SLOW_CLI  # effects with 40 ms per image
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = [1, 2]
@@ -202,21 +203,6 @@ def test_sigkill_mid_write_leaves_a_resumable_run_and_a_stale_lock(tmp_path, loc
     assert_same_run(Run.open(killed), Run.open(full))
 
 
-SLOW_CHILD = """
-import sys, time
-import torch
-torch.set_num_threads(1)
-from solens.store import images
-_load = images.FolderImages.load
-def slow_load(self, index):
-    time.sleep(0.03)
-    return _load(self, index)
-images.FolderImages.load = slow_load
-from solens.cli import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.slow  # ~1-2 min: several fresh interpreters importing torch
 def test_sigkill_at_random_times_several_trials(tmp_path, local_model, capsys):
     """Three trials, each killed with SIGKILL twice at random moments (whatever it is doing:
@@ -231,7 +217,7 @@ def test_sigkill_at_random_times_several_trials(tmp_path, local_model, capsys):
         out = tmp_path / f"t{trial}"
         for _ in range(2):
             proc = subprocess.Popen(
-                [sys.executable, "-c", SLOW_CHILD, *effects_args(local_model, images, out)],
+                [sys.executable, "-c", SLOW_CLI, *effects_args(local_model, images, out)],
                 env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(float(rng.uniform(2.0, 8.0)))
@@ -309,21 +295,34 @@ def test_full_disk_gives_one_line_and_the_run_resumes(
 ):
     images = image_folder(tmp_path / "imgs", n=6)
     out, full = tmp_path / "run", tmp_path / "full"
-    real_save, calls = np.save, 0
+    real_open = open
 
-    def save(f, a, **kw):  # the disk fills up during the 8th shard
-        nonlocal calls
-        calls += 1
-        if calls == 8:
-            f.write(b"\x93NUMPY partial")
+    class Full:  # a file on a disk that fills up: a few bytes land, then ENOSPC
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[:7])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_save(f, a, **kw)
 
-    monkeypatch.setattr(store_arrays.np, "save", save)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_open(path, mode="r", *a, **kw):  # the writer's open: chunk 1's s shard fails
+        f = real_open(path, mode, *a, **kw)
+        p = Path(path)
+        if "w" in mode and p.name.startswith(".chunk-000001.npy.") and p.parent.name == "s":
+            return Full(f)
+        return f
+
+    monkeypatch.setattr(store_arrays, "open", full_open, raising=False)
     line = one_line(*run_cli(effects_args(local_model, images, out), capsys)[::2])
     assert "No space left on device [ENOSPC]" in line and "chunk-000001.npy" in line
     assert "re-run the same `solens effects` command to resume" in line
-    monkeypatch.setattr(store_arrays.np, "save", real_save)
+    monkeypatch.delattr(store_arrays, "open")
     part = Run.open(out)
     assert not part.complete and [c.index for c in part.manifest.chunks] == [0]
     assert not list(out.rglob("*.tmp"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -123,17 +124,37 @@ def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
     _atomic_write(Path(path), lambda f: np.save(f, arr, allow_pickle=False))
 
 
+def _npy_header(arr: np.ndarray) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for ``arr`` (format 1.0, else 2.0)."""
+    fmt = np.lib.format
+    buf = io.BytesIO()
+    try:
+        fmt.write_array_header_1_0(buf, fmt.header_data_from_array_1_0(arr))
+    except ValueError:  # a header too long for format 1.0
+        buf = io.BytesIO()
+        fmt.write_array_header_2_0(buf, fmt.header_data_from_array_1_0(arr))
+    return buf.getvalue()
+
+
 def save_npy_hashed(path: str | Path, array: np.ndarray) -> tuple[int, str]:
-    """``save_npy_atomic`` that also returns the file's length in bytes and its sha256
-    (hex), taken from the temporary file before it is renamed into place."""
-    arr = np.ascontiguousarray(array)
+    """``save_npy_atomic`` (the same bytes as ``np.save``) that also returns the file's
+    length in bytes and its sha256 (hex), hashed from memory as it is written."""
+    arr = np.asarray(array)
+    arr = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    if arr.dtype.hasobject:
+        raise ValueError("object arrays are not stored")
+    header = _npy_header(arr)
+    data = arr.reshape(-1).view(np.uint8).data  # the bytes, C order, no copy
+    h = hashlib.sha256(header)
+    h.update(data)
     with atomic_path(path) as tmp:
         try:
             with open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-            return tmp.stat().st_size, file_sha256(tmp)
+                f.write(header)
+                f.write(data)
         except OSError as e:
             raise storage_error(path, e) from None
+    return len(header) + data.nbytes, h.hexdigest()
 
 
 def save_json_atomic(path: str | Path, obj: Any) -> None:
@@ -142,13 +163,10 @@ def save_json_atomic(path: str | Path, obj: Any) -> None:
     _atomic_write(Path(path), lambda f: f.write(text), mode="w")
 
 
-def file_sha256(path: str | Path, block: int = 16 * 2**20) -> str:
-    """sha256 of a file's bytes, hex (read in blocks)."""
-    h = hashlib.sha256()
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, hex."""
     with open(path, "rb") as f:
-        while data := f.read(block):
-            h.update(data)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def remove_stale_tmp(folder: Path) -> int:

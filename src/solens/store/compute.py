@@ -2,9 +2,10 @@
 
 Per batch: one traced forward for all requested layers, then per layer the coefficients
 ``s`` [B, N, P], the official offset [B, d] and the exact norms ``||phi_n(I)||`` [B, N]
-(from ``s`` and the Gram matrices ``u u^T``, never [B, N, d]). Rows accumulate in a
-preallocated chunk buffer that is written (atomically) when the chunk is full, so memory
-does not grow with the number of images. Image-independent directions ``u`` of both
+(from ``s`` and the Gram matrices ``u u^T``, never [B, N, d]). Rows accumulate in one of
+two preallocated chunk buffers; a full chunk is written (atomically, each shard hashed)
+by a writer thread while the next one is computed into the other buffer, so memory does
+not grow with the number of images. Image-independent directions ``u`` of both
 conventions are stored once per layer.
 """
 
@@ -14,6 +15,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +264,10 @@ def _compute(
         return
     names = trace_names(layers, model.info.n_layers)
     rows_max = writer.chunk_size
-    buf = {k: np.empty((rows_max, *a.tail), dtype=a.dtype) for k, a in arrays.items()}
+    # two chunk buffers: one is written (shards hashed, manifest updated) by a writer thread
+    # while the next chunk is computed into the other
+    bufs = [{k: np.empty((rows_max, *a.tail), dtype=a.dtype) for k, a in arrays.items()}
+            for _ in range(min(2, len(pending)))]  # fmt: skip
     groups: list[tuple[int, list[int]]] = []
     for k in pending:
         idx = list(range(*writer.chunk_range(k)))
@@ -270,37 +275,53 @@ def _compute(
     total = sum(len(g) for _, g in groups)
     bar = tqdm(total=total, unit="img", desc="effects", disable=not progress, dynamic_ncols=True)
     n_skipped = 0
+    writing: tuple[Future[None], int] | None = None
+
+    def settle() -> None:
+        """Wait for the chunk being written (its errors surface here), then ``on_chunk``."""
+        nonlocal writing
+        if writing is not None:
+            future, done = writing
+            writing = None
+            future.result()
+            if on_chunk is not None:
+                on_chunk(done)
+
     try:
-        batches = iter_batches(source, [g for _, g in groups], preprocess, workers)
-        row, skipped, t_chunk = 0, [], time.perf_counter()
-        for gi, batch in enumerate(batches):
-            k = groups[gi][0]
-            skipped += batch.skipped
-            n_skipped += len(batch.skipped)
-            if batch.pixels is not None:
-                b = len(batch.kept)
-                tr = model.trace(batch.pixels, names)
-                sl = slice(row, row + b)
-                buf["embeddings"][sl] = _np(tr.embedding)
-                for l in layers:
-                    c = coefficients(model, tr, l)
-                    ld = layer_dir(l)
-                    buf[f"{ld}/s"][sl] = _np(c.s)
-                    buf[f"{ld}/offset"][sl] = _np(c.offset)
-                    buf[f"{ld}/norms"][sl] = _np(norms(c, grams[l].to(c.s)))
-                buf["inv_sigma_post"][sl] = _np(c.inv_sigma_post)
-                del tr, c
-                row += b
-            bar.update(len(batch.indices))
-            if n_skipped:
-                bar.set_postfix(skipped=n_skipped, refresh=False)
-            if gi + 1 == len(groups) or groups[gi + 1][0] != k:
-                writer.write_chunk(
-                    k, {n: a[:row] for n, a in buf.items()}, skipped, time.perf_counter() - t_chunk
-                )
-                if on_chunk is not None:
-                    on_chunk(k)
-                row, skipped, t_chunk = 0, [], time.perf_counter()
+        with ThreadPoolExecutor(1, thread_name_prefix="solens-writer") as io:
+            batches = iter_batches(source, [g for _, g in groups], preprocess, workers)
+            cur, row, skipped, t_chunk = 0, 0, [], time.perf_counter()
+            buf = bufs[cur]
+            for gi, batch in enumerate(batches):
+                k = groups[gi][0]
+                skipped += batch.skipped
+                n_skipped += len(batch.skipped)
+                if batch.pixels is not None:
+                    b = len(batch.kept)
+                    tr = model.trace(batch.pixels, names)
+                    sl = slice(row, row + b)
+                    buf["embeddings"][sl] = _np(tr.embedding)
+                    for l in layers:
+                        c = coefficients(model, tr, l)
+                        ld = layer_dir(l)
+                        buf[f"{ld}/s"][sl] = _np(c.s)
+                        buf[f"{ld}/offset"][sl] = _np(c.offset)
+                        buf[f"{ld}/norms"][sl] = _np(norms(c, grams[l].to(c.s)))
+                    buf["inv_sigma_post"][sl] = _np(c.inv_sigma_post)
+                    del tr, c
+                    row += b
+                bar.update(len(batch.indices))
+                if n_skipped:
+                    bar.set_postfix(skipped=n_skipped, refresh=False)
+                if gi + 1 == len(groups) or groups[gi + 1][0] != k:
+                    seconds = time.perf_counter() - t_chunk
+                    settle()  # the other buffer is free again
+                    chunk = {n: a[:row] for n, a in buf.items()}
+                    writing = (io.submit(writer.write_chunk, k, chunk, skipped, seconds), k)
+                    cur = (cur + 1) % len(bufs)
+                    buf = bufs[cur]
+                    row, skipped, t_chunk = 0, [], time.perf_counter()
+            settle()
     finally:
         bar.close()
 
