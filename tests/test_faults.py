@@ -2,10 +2,13 @@
 folders, changed, broken and huge images. Every case ends either in a run identical to an
 uninterrupted one or in one ``solens: error:`` line with exit code 2 (never a traceback).
 
-Tests run as root here, where ``chmod`` does not stop writes: an unwritable folder is
-simulated by making the file-creating calls (``tempfile.mkstemp``, ``os.open`` of the lock)
-fail with ``EACCES``/``EROFS`` below it, and a full disk by writers that fail with
-``ENOSPC``; as another user ``chmod 0o555`` is used as well.
+Tests run as root here, where ``chmod`` does not stop writes: in the normal suite an
+unwritable folder is simulated by making the file-creating calls (``tempfile.mkstemp``,
+``os.open`` of the lock) fail with ``EACCES``/``EROFS`` below it (as another user,
+``chmod 0o555`` is used instead), and a full disk by a writer whose ``open`` returns a file
+that fails with ``ENOSPC``. The slow ``test_a_real_full_disk_and_a_read_only_mount`` uses
+the real thing where it may (root, ``unshare -m``): a tiny tmpfs and a read-only bind mount
+in a private mount namespace.
 """
 
 from __future__ import annotations
@@ -203,29 +206,47 @@ def test_sigkill_mid_write_leaves_a_resumable_run_and_a_stale_lock(tmp_path, loc
     assert_same_run(Run.open(killed), Run.open(full))
 
 
+def _listed(out: Path) -> int:
+    try:
+        return len(json.loads((out / "manifest.json").read_text())["chunks"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 @pytest.mark.slow  # ~1-2 min: several fresh interpreters importing torch
 def test_sigkill_at_random_times_several_trials(tmp_path, local_model, capsys):
-    """Three trials, each killed with SIGKILL twice at random moments (whatever it is doing:
-    setup, directions, decoding, writing), then finished; every result equals the
-    uninterrupted run."""
-    images = image_folder(tmp_path / "imgs", n=16)
+    """Three trials, each killed with SIGKILL twice: once at a random moment while chunks
+    are being computed and written, once at a random moment from its start (importing,
+    taking over the stale lock, checking the listed chunks, computing); then finished.
+    Every result equals the uninterrupted run."""
+    images = image_folder(tmp_path / "imgs", n=30)  # 34 candidates, 12 chunks
     full = tmp_path / "full"
     assert run_cli(effects_args(local_model, images, full), capsys)[0] == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     rng = np.random.default_rng()
+    mid_run = 0
     for trial in range(3):
         out = tmp_path / f"t{trial}"
-        for _ in range(2):
+        for kill in ("while computing", "any time"):
             proc = subprocess.Popen(
                 [sys.executable, "-c", SLOW_CLI, *effects_args(local_model, images, out)],
                 env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            time.sleep(float(rng.uniform(2.0, 8.0)))
+            if kill == "while computing":
+                deadline = time.monotonic() + 120
+                while _listed(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(float(rng.uniform(0, 1.0)))
+            else:
+                time.sleep(float(rng.uniform(0.5, 6.0)))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
+            if proc.returncode == -signal.SIGKILL and 0 < _listed(out) < 12:
+                mid_run += 1
         code, _, err = run_cli(effects_args(local_model, images, out), capsys)
         assert code == 0, err
         assert_same_run(Run.open(out), Run.open(full))
+    assert mid_run >= 2  # most kills landed while the run was half done
 
 
 # --- 2. locks ----------------------------------------------------------------------------------
@@ -383,6 +404,52 @@ def test_unwritable_or_read_only_folder_gives_one_line(
     line = one_line(*run_cli(["export", str(run), "--layer", "1", "--out",
                               str(tmp_path / "e.npy"), "--no-progress"], capsys)[::2])
     assert "MiB free; free space or choose another --out" in line
+
+
+def _can_mount() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow  # ~30 s: four fresh interpreters
+@pytest.mark.skipif(not _can_mount(), reason="needs root and mount namespaces (unshare -m)")
+def test_a_real_full_disk_and_a_read_only_mount(tmp_path, local_model, capsys):
+    """No simulation: in a private mount namespace, a 160 KiB tmpfs fills up during the
+    run (one line, exit 2), is enlarged, and the same command finishes the run, which
+    equals one computed elsewhere; a read-only bind mount refuses describe and effects in
+    one line each."""
+    images = image_folder(tmp_path / "imgs", n=10)
+    ref, mnt, kept = tmp_path / "ref", tmp_path / "mnt", tmp_path / "kept"
+    mnt.mkdir()
+    kept.mkdir()
+    assert run_cli(effects_args(local_model, images, ref), capsys)[0] == 0
+    cmd = " ".join(effects_args(local_model, images, mnt / "run"))
+    solens = f"{sys.executable} -m solens.cli"
+    script = f"""
+set -u
+mount -t tmpfs -o size=160k tmpfs {mnt} || exit 90
+{solens} {cmd} 2> {tmp_path}/first.err; echo $? > {tmp_path}/first.code
+mount -o remount,size=20m {mnt}
+{solens} {cmd} 2> {tmp_path}/second.err; echo $? > {tmp_path}/second.code
+cp -r {mnt}/run {kept}/run
+mount --bind -o ro {ref} {mnt}
+{solens} describe {mnt} --pool world --k 2 --no-progress 2> {tmp_path}/ro1.err
+{solens} {" ".join(effects_args(local_model, images, mnt / "sub"))} 2> {tmp_path}/ro2.err
+exit 0
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    first = (tmp_path / "first.err").read_text()
+    line = one_line(int((tmp_path / "first.code").read_text()), first)
+    assert "No space left on device [ENOSPC]" in line and "resume" in line
+    assert (tmp_path / "second.code").read_text().strip() == "0"
+    assert_same_run(Run.open(kept / "run"), Run.open(ref))
+    for name in ("ro1.err", "ro2.err"):
+        line = one_line(2, (tmp_path / name).read_text())
+        assert "Read-only file system [EROFS]" in line, line
 
 
 # --- 4. images: corrupt, truncated, empty, 16-bit, CMYK, palette, huge -------------------------
