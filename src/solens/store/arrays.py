@@ -151,7 +151,8 @@ def save_npy_hashed(path: str | Path, array: np.ndarray) -> tuple[int, str]:
         try:
             with open(tmp, "wb") as f:
                 f.write(header)
-                f.write(data)
+                if arr.size:
+                    arr.tofile(f)  # what np.save does (faster than writing the buffer)
         except OSError as e:
             raise storage_error(path, e) from None
     return len(header) + data.nbytes, h.hexdigest()
