@@ -151,8 +151,10 @@ def save_npy_hashed(path: str | Path, array: np.ndarray) -> tuple[int, str]:
         try:
             with open(tmp, "wb") as f:
                 f.write(header)
-                if arr.size:
-                    arr.tofile(f)  # what np.save does (faster than writing the buffer)
+                f.flush()
+                fd, done = f.fileno(), 0
+                while done < data.nbytes:  # unbuffered: no copy, and errors carry errno
+                    done += os.write(fd, data[done : done + 2**30])
         except OSError as e:
             raise storage_error(path, e) from None
     return len(header) + data.nbytes, h.hexdigest()
