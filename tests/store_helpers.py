@@ -109,7 +109,7 @@ def write_v1_run(path: Path, images: Path) -> dict:
     for i in range(5):
         noise_png(images / f"{'cat' if i % 2 else 'dog'}/img{i}.png", rng, size=12)
     ids = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
-    fingerprint = FolderImages(images.resolve(), ids).fingerprint()
+    fingerprint = FolderImages(images.resolve(), ids).fingerprint_v1()  # what 0.1.0 wrote
     path.mkdir(parents=True)
     n_rows = 4
     arrays = {

@@ -147,7 +147,7 @@ def test_offline_weights_message() -> None:
 # --- images none of which decode ----------------------------------------------------------------
 @pytest.mark.usefixtures("one_thread")
 def test_no_decodable_image_gives_the_first_reason(tmp_path: Path) -> None:
-    from solens.store import run_effects
+    from solens.store import Run, run_effects
 
     images = tmp_path / "imgs"
     images.mkdir()
@@ -160,7 +160,10 @@ def test_no_decodable_image_gives_the_first_reason(tmp_path: Path) -> None:
     assert "\n" not in msg
     assert msg.startswith("none of the 3 images could be decoded (first: a.png: "
                           "UnidentifiedImageError: cannot identify image file")  # fmt: skip
-    assert msg.endswith(f"; all reasons in {tmp_path / 'run' / 'manifest.json'} 'skipped')")
+    assert msg.endswith(f"; all reasons in {tmp_path / 'run' / 'manifest.json'} 'skipped'); "
+                        "the run is not complete: fix or replace the images and re-run the same "
+                        "command")  # fmt: skip
+    assert not Run.open(tmp_path / "run").complete
 
 
 def test_demo_k_above_n_fails_before_any_work(tmp_path: Path, capsys) -> None:

@@ -189,7 +189,7 @@ def test_writer_reader_roundtrip_and_resume(tmp_path_factory, n, cs, skip, crash
     _write(path, n, cs, skip)
     run, want = Run.open(path), Run.open(ref)
     kept = [i for i in range(n) if i not in skip]
-    assert run.complete and run.n_images == len(kept)
+    assert run.complete == bool(kept) and run.n_images == len(kept)  # 0 images: not complete
     assert run.image_paths == [f"img{i}.png" for i in kept] == want.image_paths
     assert run.labels == [f"c{i % 3}" for i in kept]
     assert list(run.label_ids) == [i % 3 for i in kept]
@@ -365,7 +365,7 @@ def test_run_effects_validation(tmp_path):
     with pytest.raises(InputError, match="none of the 1 images"):
         run_effects(model, bad, [1], tmp_path / "r2", progress=False)
     run = Run.open(tmp_path / "r2")
-    assert run.complete and run.n_images == 0
+    assert not run.complete and run.n_images == 0  # not a "complete" run of no images
 
 
 def test_export_refuses_partial_runs_and_bad_neurons(tmp_path):
@@ -460,10 +460,10 @@ def _edit_json(path: Path, **changes) -> None:
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"format_version": 2}, r"format_version 2, newer than this solens .* reads "
-                                r"\(solens-run format_version 1\); upgrade solens"),
+        ({"format_version": 3}, r"format_version 3, newer than this solens .* reads "
+                                r"\(solens-run format_version 1 or 2\); upgrade solens"),
         ({"format_version": 0}, r"format_version 0; this solens .* reads solens-run "
-                                r"format_version 1 only; re-create the run"),
+                                r"format_version 1 or 2 only; re-create the run"),
         ({"format_version": "1"}, r"no valid format_version \(found '1'\)"),
         ({"format": "other"}, r"not a solens run manifest \(format 'other'"),
         ({"chunk_size": None}, r"malformed solens run manifest"),
@@ -522,7 +522,7 @@ def test_run_images_rebuilds_the_folder_dataset(tmp_path):
     src = run.images()
     assert isinstance(src, FolderImages) and src.ids == run.images_record.paths
     assert src.labels == run.images_record.labels
-    assert src.describe()["fingerprint"] == run.manifest.dataset["fingerprint"]
+    assert src.fingerprint_v1() == run.manifest.dataset["fingerprint"]  # paths, sizes, mtimes
     row = 2  # candidate 3
     im = src.load(run.row_candidates[row])
     want = Image.open(tmp_path / "imgs" / run.image_paths[row]).convert("RGB")

@@ -135,6 +135,14 @@ def _click_errors() -> tuple[type[click.ClickException] | type[TyperClickExcepti
     return (*errors, TyperClickException)
 
 
+def _os_error(e: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x'`` -> ``cannot write x: No space left on
+    device``-like one line (the file name when known)."""
+    what = e.strerror or str(e) or type(e).__name__
+    name = e.filename if e.filename is not None else ""
+    return " ".join(f"{name}: {what}".split()) if name else " ".join(what.split())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     import click
@@ -159,8 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted")
     except SystemExit:
         raise
-    except FileNotFoundError as e:
-        fail(str(e))
+    except OSError as e:  # an I/O failure outside solens's own checks: still one line
+        fail(_os_error(e))
 
 
 if __name__ == "__main__":

@@ -23,3 +23,12 @@ class UnknownModelError(InputError):
 
 class RunMismatchError(InputError):
     """A run folder whose manifest disagrees with the requested run."""
+
+
+class RunLockedError(SolensError):
+    """A run folder that another solens process is writing."""
+
+
+class StorageError(SolensError, OSError):
+    """A file could not be written (no space left, a read-only or unwritable folder); what
+    was already written stays valid (every write is atomic)."""

@@ -59,6 +59,11 @@ def register(app: typer.Typer) -> None:
         quick_gelu: bool | None = typer.Option(
             None, "--quick-gelu/--no-quick-gelu", help="Override the activation the weights imply."
         ),
+        verify: str = typer.Option(
+            "full", "--verify", metavar="HOW",
+            help="On resume, check the stored chunks: full (sizes and sha256 checksums) or "
+            "size (sizes and headers only, faster on huge runs); damaged chunks are redone.",
+        ),
         progress: bool = typer.Option(
             True, "--progress/--no-progress", help="Show a progress bar."
         ),
@@ -71,7 +76,9 @@ def register(app: typer.Typer) -> None:
         One traced forward per batch; per layer the run stores the coefficients s
         (images x neurons x later heads), the exact norms ||phi_n(I)||, the official
         offsets and the image-independent directions of both conventions. Re-running the
-        same command resumes a killed run. Format: docs/run-format.md.
+        same command resumes a killed run: chunks whose files are damaged, and chunks of
+        images whose contents changed, are computed again (and named). Undecodable or too
+        large images are skipped and listed in the manifest. Format: docs/run-format.md.
         """
         from solens.models.catalog import check_model_name
 
@@ -97,6 +104,7 @@ def register(app: typer.Typer) -> None:
             chunk_size=chunk_size,
             progress=progress,
             workers=workers,
+            verify=verify,
             extra={
                 "command": {
                     "model": model,
@@ -107,6 +115,20 @@ def register(app: typer.Typer) -> None:
                 }
             },
         )
+        session = run.manifest.sessions[-1] if run.manifest.sessions else {}
+        for r in session.get("repaired", []):
+            where = "static array" if r["index"] is None else f"chunk {r['index']}"
+            typer.echo(f"recomputed {where}: {r['file']} was damaged ({r['problem']})", err=True)
+        changed = session.get("changed", [])
+        if changed:
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            typer.echo(f"recomputed the chunks of {len(changed)} changed images: "
+                       f"{', '.join(changed[:5])}{more}", err=True)
+        for s in run.skipped[:5]:
+            typer.echo(f"skipped {s['path']}: {s['reason']}", err=True)
+        if len(run.skipped) > 5:
+            typer.echo(f"skipped {len(run.skipped) - 5} more: see {run.path}/manifest.json",
+                       err=True)
         t = run.manifest.timings
         random = f", model {m.info.name} with {RANDOM_WEIGHTS}" if is_random(m.info) else ""
         typer.echo(

@@ -384,9 +384,11 @@ def load_stats(run: Any, layer: int, mmap: bool = True) -> NeuronStats:
     folder = stats_dir(run, layer)
     meta = _stored_meta(run, layer)
     if meta is None:
+        partial = "" if run.complete else " --allow-partial"
         raise InputError(
-            f"no up-to-date statistics for layer {layer} in {run.path}; "
-            "run `solens describe` (or solens.describe.compute_stats) first"
+            f"no up-to-date statistics for layer {layer} in {run.path}; run `solens describe "
+            f"{run.path}{partial}` (or solens.describe.compute_stats) first"
+            + ("" if run.complete else f" (the run is incomplete: {run.n_images} images so far)")
         )
     arrays = {
         name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None)

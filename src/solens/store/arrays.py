@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -13,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import DTypeLike
+
+from solens.errors import StorageError
 
 FSYNC = os.environ.get("SOLENS_FSYNC", "1") != "0"
 """fsync files and folders after writing (durability across power loss; renames alone
@@ -43,34 +48,57 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def storage_error(path: str | Path, e: OSError, hint: str = "") -> StorageError:
+    """A one-line ``StorageError`` for a failed write of ``path``: the system's reason
+    (``No space left on device [ENOSPC]``) and ``hint`` (what to do)."""
+    code = errno.errorcode.get(e.errno or 0, "")
+    why = (e.strerror or str(e) or type(e).__name__) + (f" [{code}]" if code else "")
+    return StorageError(f"cannot write {path}: {why}" + (f"; {hint}" if hint else ""))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary path in ``path``'s folder for the caller to fill (a memmap, a
     ``safetensors`` file, ...); on a clean exit it is fsync'd and renamed to ``path``, on any
-    exception it is deleted. Concurrent writers never share a temporary file."""
+    exception it is deleted. Concurrent writers never share a temporary file.
+
+    A folder that cannot be created or written, and a failed fsync or rename (a full disk,
+    a read-only file system), raise ``StorageError`` naming ``path``; ``path`` is unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise storage_error(path, e) from None
     tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give files the usual mode
         os.close(fd)
         yield tmp
-        if FSYNC:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            if FSYNC:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise storage_error(path, e) from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
 
 
 def _atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
-    """Write via ``write(fileobj)`` into a temporary file in ``path``'s folder, then rename."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        write(f)
+    """Write via ``write(fileobj)`` into a temporary file in ``path``'s folder, then rename
+    (``StorageError`` when the file cannot be written: see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, mode) as f:
+                write(f)
+        except OSError as e:
+            raise storage_error(path, e) from None
 
 
 def save_text_atomic(path: str | Path, text: str) -> None:
@@ -96,14 +124,57 @@ def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
     _atomic_write(Path(path), lambda f: np.save(f, arr, allow_pickle=False))
 
 
+def _npy_header(arr: np.ndarray) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for ``arr`` (format 1.0, else 2.0)."""
+    fmt = np.lib.format
+    buf = io.BytesIO()
+    try:
+        fmt.write_array_header_1_0(buf, fmt.header_data_from_array_1_0(arr))
+    except ValueError:  # a header too long for format 1.0
+        buf = io.BytesIO()
+        fmt.write_array_header_2_0(buf, fmt.header_data_from_array_1_0(arr))
+    return buf.getvalue()
+
+
+def save_npy_hashed(path: str | Path, array: np.ndarray) -> tuple[int, str]:
+    """``save_npy_atomic`` (the same bytes as ``np.save``) that also returns the file's
+    length in bytes and its sha256 (hex), hashed from memory as it is written."""
+    arr = np.asarray(array)
+    arr = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    if arr.dtype.hasobject:
+        raise ValueError("object arrays are not stored")
+    header = _npy_header(arr)
+    data = arr.reshape(-1).view(np.uint8).data  # the bytes, C order, no copy
+    h = hashlib.sha256(header)
+    h.update(data)
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(header)
+                f.flush()
+                fd, done = f.fileno(), 0
+                while done < data.nbytes:  # unbuffered: no copy, and errors carry errno
+                    done += os.write(fd, data[done : done + 2**30])
+        except OSError as e:
+            raise storage_error(path, e) from None
+    return len(header) + data.nbytes, h.hexdigest()
+
+
 def save_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON; never leaves a partial file at ``path``."""
     text = json.dumps(obj, indent=1, sort_keys=False) + "\n"
     _atomic_write(Path(path), lambda f: f.write(text), mode="w")
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def remove_stale_tmp(folder: Path) -> int:
-    """Delete temporary files left by an interrupted atomic write below ``folder``."""
+    """Delete temporary files left by an interrupted atomic write below ``folder``
+    (``.NAME.XXXXXXXX.tmp``); returns how many."""
     n = 0
     for p in Path(folder).rglob(".*.tmp"):
         try:
@@ -114,8 +185,9 @@ def remove_stale_tmp(folder: Path) -> int:
     return n
 
 
-def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a ``.npy`` file from its header (nothing mapped)."""
+def npy_info(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset (header length in bytes) of a ``.npy`` file from its
+    header (nothing mapped); ``ValueError`` for a file that is not a ``.npy`` array."""
     fmt = np.lib.format
     with open(path, "rb") as f:
         version = fmt.read_magic(f)
@@ -125,10 +197,56 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             shape, fortran, dtype = fmt.read_array_header_2_0(f)
         else:  # version 3 (utf-8 field names): let numpy parse it
             m = np.load(path, mmap_mode="r", allow_pickle=False)
-            return tuple(m.shape), m.dtype
+            return tuple(m.shape), m.dtype, int(m.offset)
+        offset = f.tell()
     if fortran:
         raise ValueError(f"{path}: Fortran-ordered shards are not supported")
-    return tuple(shape), np.dtype(dtype)
+    return tuple(shape), np.dtype(dtype), offset
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file from its header (nothing mapped)."""
+    shape, dtype, _ = npy_info(path)
+    return shape, dtype
+
+
+def shard_problem(
+    path: Path,
+    shape: tuple[int, ...],
+    dtype: str | np.dtype,
+    nbytes: int | None = None,
+    sha256: str | None = None,
+) -> str | None:
+    """What is wrong with the ``.npy`` shard ``path`` that should hold ``shape`` /
+    ``dtype`` (and, when given, be ``nbytes`` long with this ``sha256``), or None.
+
+    Checks, cheapest first: the file exists, its size, its header (shape, dtype) against
+    the size of the data, then the checksum (reads the whole file; only when ``sha256``).
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if nbytes is not None and size != nbytes:
+        return f"{size} bytes, expected {nbytes}"
+    try:
+        got, dt, offset = npy_info(path)
+    except (OSError, ValueError, SyntaxError) as e:
+        return f"not a readable .npy file ({' '.join(str(e).split())[:120]})"
+    if tuple(got) != tuple(shape) or dt != np.dtype(dtype):
+        return f"holds {dt} {list(got)}, expected {np.dtype(dtype)} {list(shape)}"
+    want = offset + int(np.prod(got, dtype=np.int64)) * dt.itemsize
+    if size != want:
+        return f"truncated: {size} bytes, expected {want}"
+    if sha256 is not None:
+        try:
+            if file_sha256(path) != sha256:
+                return "checksum (sha256) differs from the one recorded"
+        except OSError as e:
+            return f"unreadable ({e.strerror or e})"
+    return None
 
 
 class ChunkedArray:

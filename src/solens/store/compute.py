@@ -2,9 +2,10 @@
 
 Per batch: one traced forward for all requested layers, then per layer the coefficients
 ``s`` [B, N, P], the official offset [B, d] and the exact norms ``||phi_n(I)||`` [B, N]
-(from ``s`` and the Gram matrices ``u u^T``, never [B, N, d]). Rows accumulate in a
-preallocated chunk buffer that is written (atomically) when the chunk is full, so memory
-does not grow with the number of images. Image-independent directions ``u`` of both
+(from ``s`` and the Gram matrices ``u u^T``, never [B, N, d]). Rows accumulate in one of
+two preallocated chunk buffers; a full chunk is written (atomically, each shard hashed)
+by a writer thread while the next one is computed into the other buffer, so memory does
+not grow with the number of images. Image-independent directions ``u`` of both
 conventions are stored once per layer.
 """
 
@@ -14,6 +15,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,8 @@ from solens.lens.second_order import (
 )
 from solens.models.model import LOCATION_KEYS, Model
 from solens.store.images import FolderImages, SynthImages, images_record, iter_batches, open_images
-from solens.store.protocol import ArraySpec, Manifest
-from solens.store.run import FORMAT_VERSION, MANIFEST, Run, RunWriter, layer_dir, now
+from solens.store.protocol import ArraySpec, ImagesRecord, Manifest
+from solens.store.run import FORMAT_VERSION, IMAGES, MANIFEST, Run, RunWriter, layer_dir, now
 
 CHUNK_TARGET_BYTES = 128 * 2**20
 """Default chunk: about this many bytes of per-image arrays (all layers)."""
@@ -95,6 +97,15 @@ def _existing_chunk_size(out: Path) -> int | None:
         return None
 
 
+def _existing_images(out: Path) -> dict[str, Any] | None:
+    """``images.json`` of the run already at ``out`` (its file sizes, mtimes and sha256
+    spare re-reading unchanged images), or None."""
+    try:
+        return ImagesRecord.read(out / IMAGES).to_dict() if (out / MANIFEST).is_file() else None
+    except InputError:
+        return None
+
+
 @torch.no_grad()
 def run_effects(
     model: Model,
@@ -108,6 +119,7 @@ def run_effects(
     workers: int | None = None,
     extra: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    verify: str = "full",
 ) -> Run:
     """Compute (or resume) the run folder ``out`` for ``layers`` over ``images``.
 
@@ -118,7 +130,14 @@ def run_effects(
     ``images``: a dataset or a spec for ``open_images``. ``chunk_size`` defaults to the
     existing run's, else about 128 MiB of rows. ``extra`` is recorded in the manifest
     (not compared on resume). ``on_chunk(k)`` runs after chunk ``k`` is on disk (tests).
-    Raises ``RunMismatchError`` when ``out`` holds a different run.
+
+    Resuming checks the chunks already listed (``verify="full"``: lengths, headers and
+    sha256 checksums; ``"size"``: without checksums) and computes damaged ones again, and
+    computes again the chunks of images whose contents changed (the manifest's last
+    ``sessions`` entry lists both as ``repaired`` and ``changed``). Raises
+    ``RunMismatchError`` when ``out`` holds a different run, ``StorageError`` when the
+    folder cannot be written (the run stays resumable) and ``InputError`` when no image
+    could be decoded.
     """
     t_setup = time.perf_counter()
     if batch_size < 1:
@@ -126,6 +145,8 @@ def run_effects(
     layers = check_layers(model, layers)
     source = open_images(images) if isinstance(images, (str, Path)) else images
     out = Path(out)
+    if isinstance(source, FolderImages):
+        source.files(known=_existing_images(out), progress=progress)
     arrays = layer_arrays(model, layers)
     if chunk_size is None:
         chunk_size = _existing_chunk_size(out) or default_chunk_size(arrays, batch_size)
@@ -149,7 +170,7 @@ def run_effects(
         "heads": {str(l): (model.info.n_layers - l - 1) * model.info.n_heads for l in layers},
         **(extra or {}),
     }
-    with RunWriter.open(out, identity, images_record(source), header) as writer:
+    with RunWriter.open(out, identity, images_record(source), header, verify=verify) as writer:
         pending = writer.pending()
         t0 = time.perf_counter()
         grams = _directions(model, layers, writer, need_grams=bool(pending))
@@ -165,6 +186,10 @@ def run_effects(
             "chunks": len(pending),
             "candidates": sum(len(range(*writer.chunk_range(k))) for k in pending),
         }
+        if writer.repaired:
+            session["repaired"] = writer.repaired
+        if writer.changed:
+            session["changed"] = writer.changed
         writer.update(sessions=[*writer.manifest.sessions, session])
         t1 = time.perf_counter()
         _compute(model, source, layers, writer, pending, grams, arrays, batch_size, preprocess,
@@ -187,8 +212,9 @@ def run_effects(
         skipped = writer.manifest.skipped
         first = f"first: {skipped[0].path}: {skipped[0].reason}; " if skipped else ""
         raise InputError(
-            f"none of the {writer.n_candidates} images could be decoded "
-            f"({first}all reasons in {out / MANIFEST} 'skipped')"
+            f"none of the {writer.n_candidates} images could be decoded ({first}all reasons "
+            f"in {out / MANIFEST} 'skipped'); the run is not complete: fix or replace the "
+            "images and re-run the same command"
         )
     return Run.open(out)
 
@@ -238,7 +264,10 @@ def _compute(
         return
     names = trace_names(layers, model.info.n_layers)
     rows_max = writer.chunk_size
-    buf = {k: np.empty((rows_max, *a.tail), dtype=a.dtype) for k, a in arrays.items()}
+    # two chunk buffers: one is written (shards hashed, manifest updated) by a writer thread
+    # while the next chunk is computed into the other
+    bufs = [{k: np.empty((rows_max, *a.tail), dtype=a.dtype) for k, a in arrays.items()}
+            for _ in range(min(2, len(pending)))]  # fmt: skip
     groups: list[tuple[int, list[int]]] = []
     for k in pending:
         idx = list(range(*writer.chunk_range(k)))
@@ -246,37 +275,53 @@ def _compute(
     total = sum(len(g) for _, g in groups)
     bar = tqdm(total=total, unit="img", desc="effects", disable=not progress, dynamic_ncols=True)
     n_skipped = 0
+    writing: tuple[Future[None], int] | None = None
+
+    def settle() -> None:
+        """Wait for the chunk being written (its errors surface here), then ``on_chunk``."""
+        nonlocal writing
+        if writing is not None:
+            future, done = writing
+            writing = None
+            future.result()
+            if on_chunk is not None:
+                on_chunk(done)
+
     try:
-        batches = iter_batches(source, [g for _, g in groups], preprocess, workers)
-        row, skipped, t_chunk = 0, [], time.perf_counter()
-        for gi, batch in enumerate(batches):
-            k = groups[gi][0]
-            skipped += batch.skipped
-            n_skipped += len(batch.skipped)
-            if batch.pixels is not None:
-                b = len(batch.kept)
-                tr = model.trace(batch.pixels, names)
-                sl = slice(row, row + b)
-                buf["embeddings"][sl] = _np(tr.embedding)
-                for l in layers:
-                    c = coefficients(model, tr, l)
-                    ld = layer_dir(l)
-                    buf[f"{ld}/s"][sl] = _np(c.s)
-                    buf[f"{ld}/offset"][sl] = _np(c.offset)
-                    buf[f"{ld}/norms"][sl] = _np(norms(c, grams[l].to(c.s)))
-                buf["inv_sigma_post"][sl] = _np(c.inv_sigma_post)
-                del tr, c
-                row += b
-            bar.update(len(batch.indices))
-            if n_skipped:
-                bar.set_postfix(skipped=n_skipped, refresh=False)
-            if gi + 1 == len(groups) or groups[gi + 1][0] != k:
-                writer.write_chunk(
-                    k, {n: a[:row] for n, a in buf.items()}, skipped, time.perf_counter() - t_chunk
-                )
-                if on_chunk is not None:
-                    on_chunk(k)
-                row, skipped, t_chunk = 0, [], time.perf_counter()
+        with ThreadPoolExecutor(1, thread_name_prefix="solens-writer") as io:
+            batches = iter_batches(source, [g for _, g in groups], preprocess, workers)
+            cur, row, skipped, t_chunk = 0, 0, [], time.perf_counter()
+            buf = bufs[cur]
+            for gi, batch in enumerate(batches):
+                k = groups[gi][0]
+                skipped += batch.skipped
+                n_skipped += len(batch.skipped)
+                if batch.pixels is not None:
+                    b = len(batch.kept)
+                    tr = model.trace(batch.pixels, names)
+                    sl = slice(row, row + b)
+                    buf["embeddings"][sl] = _np(tr.embedding)
+                    for l in layers:
+                        c = coefficients(model, tr, l)
+                        ld = layer_dir(l)
+                        buf[f"{ld}/s"][sl] = _np(c.s)
+                        buf[f"{ld}/offset"][sl] = _np(c.offset)
+                        buf[f"{ld}/norms"][sl] = _np(norms(c, grams[l].to(c.s)))
+                    buf["inv_sigma_post"][sl] = _np(c.inv_sigma_post)
+                    del tr, c
+                    row += b
+                bar.update(len(batch.indices))
+                if n_skipped:
+                    bar.set_postfix(skipped=n_skipped, refresh=False)
+                if gi + 1 == len(groups) or groups[gi + 1][0] != k:
+                    seconds = time.perf_counter() - t_chunk
+                    settle()  # the other buffer is free again
+                    chunk = {n: a[:row] for n, a in buf.items()}
+                    writing = (io.submit(writer.write_chunk, k, chunk, skipped, seconds), k)
+                    cur = (cur + 1) % len(bufs)
+                    buf = bufs[cur]
+                    row, skipped, t_chunk = 0, [], time.perf_counter()
+            settle()
     finally:
         bar.close()
 

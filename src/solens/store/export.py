@@ -8,16 +8,17 @@ partial file never carries the final name.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from solens.errors import InputError
+from solens.errors import InputError, StorageError
 from solens.lens.frozen import CONVENTIONS
 from solens.lens.second_order import LayerCoeffs, effects
-from solens.store.arrays import atomic_path
+from solens.store.arrays import atomic_path, storage_error
 from solens.store.run import Run, layer_dir
 
 BLOCK_BYTES = 64 * 2**20
@@ -78,11 +79,23 @@ def export_effects(
     idx = None if neurons is None else np.asarray(list(neurons), dtype=np.int64)
     u = torch.from_numpy(np.array(stored if idx is None else stored[idx]))
     K, d = u.shape[0], u.shape[2]
+    ld = layer_dir(layer)
     n = run.n_images
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name, e.g. {out / (ld + '.npy')}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(out.parent).free
+    except OSError as e:
+        raise storage_error(out, e) from None
+    need = 128 + n * K * d * 4
+    if need > free:  # the file is a memory map: a full disk would kill the process (SIGBUS)
+        raise StorageError(
+            f"cannot write {out}: it needs {need / 2**20:.1f} MiB and {out.parent} has "
+            f"{free / 2**20:.1f} MiB free; free space or choose another --out"
+        )
     block = max(1, BLOCK_BYTES // max(1, K * d * 4))
-    ld = layer_dir(layer)
     with atomic_path(out) as tmp:
         dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, K, d))
         with tqdm(total=n, unit="img", desc=f"export {ld}", disable=not progress) as bar:

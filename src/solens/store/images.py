@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from solens.errors import InputError
+from solens.store.arrays import file_sha256
 from solens.synth.render import render, render_array
 from solens.synth.sampling import SPEC_VERSION, SPLITS, spec_at
 
@@ -108,6 +112,7 @@ class FolderImages:
     root: Path
     ids: list[str] = field(default_factory=list)
     labels: list[str | None] | None = None
+    _files: dict[str, list[Any]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def scan(cls, root: str | Path) -> FolderImages:
@@ -140,12 +145,82 @@ class FolderImages:
         return len(self.ids)
 
     def load(self, index: int) -> Image.Image:
-        with Image.open(self.root / self.ids[index]) as im:
-            im.load()
-            return to_rgb(im)
+        """Candidate ``index`` as 8-bit RGB (``to_rgb``). Raises for a file that cannot be
+        decoded, and ``ImageTooLarge`` for one above Pillow's pixel limit (Pillow's own
+        DecompressionBombWarning for images between its two limits is not shown: they
+        decode normally)."""
+        try:
+            with _open_image(self.root / self.ids[index]) as im:
+                im.load()
+                return to_rgb(im)
+        except Image.DecompressionBombError as e:
+            raise ImageTooLarge(e) from None
+
+    def files(
+        self, known: Mapping[str, Any] | None = None, progress: bool = False
+    ) -> dict[str, list[Any]]:
+        """Content record of every candidate: ``{"sha256": [hex], "size": [int],
+        "mtime_ns": [int]}`` (computed once, then cached on the dataset).
+
+        ``known``: such a record of the same candidates (``images.json`` of a run); a file
+        whose size and mtime equal the known ones keeps its known sha256 without being read.
+        ``InputError`` naming a candidate that cannot be read.
+        """
+        if self._files is not None:
+            return self._files
+        stats = []
+        for i in self.ids:
+            try:
+                stats.append((self.root / i).stat())
+            except OSError as e:
+                raise InputError(f"image {self.root / i} cannot be read: "
+                                 f"{e.strerror or e}") from None
+        old: dict[str, tuple[int, int, str]] = {}
+        if known is not None and known.get("sha256") is not None:
+            old = {
+                p: (int(sz), int(mt), str(h))
+                for p, sz, mt, h in zip(known["paths"], known["size"], known["mtime_ns"],
+                                        known["sha256"], strict=True)
+            }  # fmt: skip
+        sha: list[str | None] = []
+        for i, st in zip(self.ids, stats, strict=True):
+            o = old.get(i)
+            sha.append(o[2] if o is not None and o[:2] == (st.st_size, st.st_mtime_ns) else None)
+        todo = [j for j, h in enumerate(sha) if h is None]
+        if todo:
+            from tqdm.auto import tqdm
+
+            def digest(j: int) -> str:
+                try:
+                    return file_sha256(self.root / self.ids[j])
+                except OSError as e:
+                    raise InputError(f"image {self.root / self.ids[j]} cannot be read: "
+                                     f"{e.strerror or e}") from None
+
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, tqdm(
+                total=len(todo), unit="file", desc="sha256 of images",
+                disable=not progress or len(todo) < 1000,
+            ) as bar:
+                for j, h in zip(todo, pool.map(digest, todo), strict=True):
+                    sha[j] = h
+                    bar.update(1)
+        self._files = {
+            "sha256": [str(h) for h in sha],
+            "size": [int(st.st_size) for st in stats],
+            "mtime_ns": [int(st.st_mtime_ns) for st in stats],
+        }
+        return self._files
 
     def fingerprint(self) -> str:
-        """sha256 over (relative path, size, mtime_ns) of every candidate."""
+        """sha256 over (relative path, sha256 of the file's bytes) of every candidate."""
+        h = hashlib.sha256()
+        for i, digest in zip(self.ids, self.files()["sha256"], strict=True):
+            h.update(f"{i}\0{digest}\n".encode())
+        return h.hexdigest()
+
+    def fingerprint_v1(self) -> str:
+        """The fingerprint of runs of format version 1: sha256 over (relative path, size,
+        mtime_ns) of every candidate."""
         h = hashlib.sha256()
         for i in self.ids:
             st = (self.root / i).stat()
@@ -158,8 +233,37 @@ class FolderImages:
             "root": str(self.root.resolve()),
             "n": len(self.ids),
             "fingerprint": self.fingerprint(),
-            "fingerprint_of": "relative paths, sizes, mtimes",
+            "fingerprint_of": FOLDER_FINGERPRINT_OF,
         }
+
+
+FOLDER_FINGERPRINT_OF = "relative paths and file contents (sha256)"
+
+
+class ImageTooLarge(InputError):
+    """An image above Pillow's decompression-bomb limit (``2 * Image.MAX_IMAGE_PIXELS``
+    pixels); the run skips and lists it."""
+
+    def __init__(self, error: Exception) -> None:
+        m = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(error))
+        size, cap = (f"{int(m[1]):,}", f"{int(m[2]):,}") if m else ("too many", "the limit")
+        super().__init__(
+            f"image too large: {size} pixels, above the limit of {cap} (2 x "
+            "PIL.Image.MAX_IMAGE_PIXELS; raise that in Python to decode larger images)"
+        )
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_image(path: Path) -> Image.Image:
+    """``Image.open(path)`` (the header only) without Pillow's DecompressionBombWarning for
+    images between ``MAX_IMAGE_PIXELS`` and twice that (they decode normally; above,
+    Pillow raises). ``warnings.catch_warnings`` is not thread-safe and images decode in
+    threads: the opening is serialised (it reads a header; decoding runs in parallel)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 @dataclass
@@ -237,14 +341,18 @@ def open_images(spec: str | Path) -> FolderImages | SynthImages:
 
 def images_record(source: FolderImages | SynthImages) -> dict[str, Any]:
     """What ``RUN/images.json`` stores (``ImagesRecord.to_dict()``): root, candidate ids
-    [n], labels [n] or None, classes."""
+    [n], labels [n] or None, classes; for a folder also ``sha256``, ``size``, ``mtime_ns``
+    [n] (``FolderImages.files``)."""
     root = str(source.root.resolve()) if isinstance(source, FolderImages) else None
-    return {
+    out: dict[str, Any] = {
         "root": root,
         "paths": list(source.ids),
         "labels": None if source.labels is None else list(source.labels),
         "classes": _classes(source.labels),
     }
+    if isinstance(source, FolderImages):
+        out.update(source.files())
+    return out
 
 
 @dataclass

@@ -214,6 +214,43 @@ class _Document:
 
 
 # --- run manifest ---------------------------------------------------------------------------
+MODEL_KEYS = ("name", "d_embed")
+"""Keys of the manifest's ``model`` that readers rely on."""
+
+
+def _check_chunks(k: Mapping[str, Any]) -> None:
+    """``ValueError`` naming the first chunk record that contradicts the manifest: its
+    candidate range (``chunk_size``, ``n_candidates``), its rows (candidates minus
+    skipped), its shard records (one per array), or ``n_images`` (the sum of rows)."""
+    size, n = int(k["chunk_size"]), int(k["n_candidates"])
+    if size < 1 or n < 0:
+        raise ValueError(f"chunk_size {size} and n_candidates {n} must be positive")
+    seen: set[int] = set()
+    names = set(k["arrays"])
+    for c in k["chunks"]:
+        start, stop = c.index * size, min((c.index + 1) * size, n)
+        if c.index in seen or not 0 <= c.index < -(-n // size):
+            raise ValueError(f"chunk {c.index} is listed twice or outside the run")
+        seen.add(c.index)
+        if (c.start, c.stop) != (start, stop):
+            raise ValueError(f"chunk {c.index} covers candidates {c.start}..{c.stop}, "
+                             f"expected {start}..{stop}")
+        if any(not start <= i < stop for i in c.skipped) or len(set(c.skipped)) != len(
+            c.skipped
+        ):
+            raise ValueError(f"chunk {c.index} skips candidates outside {start}..{stop}")
+        if c.rows != stop - start - len(c.skipped):
+            raise ValueError(f"chunk {c.index} lists {c.rows} rows, but its {stop - start} "
+                             f"candidates minus {len(c.skipped)} skipped are "
+                             f"{stop - start - len(c.skipped)}")
+        if c.files is not None and set(c.files) != names:
+            raise ValueError(f"chunk {c.index} records the shards of "
+                             f"{sorted(c.files)}, not of the arrays {sorted(names)}")
+    rows = sum(c.rows for c in k["chunks"])
+    if "n_images" in k and int(k["n_images"]) != rows:
+        raise ValueError(f"n_images is {k['n_images']}, but the listed chunks hold {rows} rows")
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """A per-image array of a run: row shape ``tail`` (without the image axis) and dtype;
@@ -230,11 +267,28 @@ class ArraySpec:
         return cls(tuple(int(t) for t in d["tail"]), str(d.get("dtype", "float32")))
 
 
+@dataclass(frozen=True)
+class ShardRecord:
+    """One stored shard of a chunk: its length in ``bytes`` and the ``sha256`` (hex) of
+    its bytes, recorded when it was written (format version 2)."""
+
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShardRecord:
+        return cls(int(d["bytes"]), str(d["sha256"]))
+
+
 @dataclass
 class ChunkRecord:
     """A complete chunk: candidates ``[start, stop)``, ``rows`` decoded images (the rows of
     every shard ``chunk-<index>.npy``), ``skipped`` candidate indices, compute ``seconds``
-    (None when not measured)."""
+    (None when not measured), ``files``: array name -> ``ShardRecord`` of its shard (None in
+    runs of format version 1, which recorded no checksums)."""
 
     index: int
     start: int
@@ -242,9 +296,10 @@ class ChunkRecord:
     rows: int
     skipped: list[int] = field(default_factory=list)
     seconds: float | None = None
+    files: dict[str, ShardRecord] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "index": self.index,
             "start": self.start,
             "stop": self.stop,
@@ -252,9 +307,13 @@ class ChunkRecord:
             "skipped": list(self.skipped),
             "seconds": self.seconds,
         }
+        if self.files is not None:
+            out["files"] = {n: f.to_dict() for n, f in self.files.items()}
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ChunkRecord:
+        files = d.get("files")
         return cls(
             int(d["index"]),
             int(d["start"]),
@@ -262,6 +321,8 @@ class ChunkRecord:
             int(d["rows"]),
             [int(i) for i in d.get("skipped", [])],
             d.get("seconds"),
+            None if files is None else {str(n): ShardRecord.from_dict(f)
+                                        for n, f in files.items()},
         )
 
 
@@ -295,8 +356,8 @@ class Manifest(_Document):
     """
 
     FORMAT: ClassVar[str] = "solens-run"
-    VERSION: ClassVar[int] = 1
-    READS: ClassVar[tuple[int, ...]] = (1,)
+    VERSION: ClassVar[int] = 2
+    READS: ClassVar[tuple[int, ...]] = (1, 2)
     WHAT: ClassVar[str] = "solens run manifest"
     REDO: ClassVar[str] = "re-create the run with `solens effects` (another --out)"
     VERSION_KEY: ClassVar[str | None] = "format_version"
@@ -307,7 +368,7 @@ class Manifest(_Document):
     REQUIRED: ClassVar[tuple[str, ...]] = (*IDENTITY_KEYS[1:], "run_id", "n_candidates", "chunks")
 
     format: str = "solens-run"
-    format_version: int = 1
+    format_version: int = 2
     model: dict[str, Any]
     weights_sha256: str
     preprocess: str
@@ -351,6 +412,10 @@ class Manifest(_Document):
         k["skipped"] = [SkippedRecord.from_dict(s) for s in k.get("skipped", [])]
         if not isinstance(k["dataset"], Mapping) or not isinstance(k["model"], Mapping):
             raise TypeError("'model' and 'dataset' must be objects")
+        for key in MODEL_KEYS:
+            if key not in k["model"]:
+                raise ValueError(f"'model' lacks {key!r}")
+        _check_chunks(k)
         for key in ("resumed", "sessions"):
             if k.get(key) is None:
                 k.pop(key, None)
@@ -399,11 +464,19 @@ class ImagesRecord(_Document):
     REDO: ClassVar[str] = Manifest.REDO
     VERSION_KEY: ClassVar[str | None] = None
     REQUIRED: ClassVar[tuple[str, ...]] = ("paths",)
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"sha256", "size", "mtime_ns"})
 
     root: str | None = None
     paths: list[str]
     labels: list[str | None] | None = None
     classes: list[str] = field(default_factory=list)
+    sha256: list[str] | None = None
+    """Folder datasets (format version 2): sha256 (hex) of every candidate file's bytes."""
+    size: list[int] | None = None
+    """Folder datasets (format version 2): every candidate file's size in bytes."""
+    mtime_ns: list[int] | None = None
+    """Folder datasets (format version 2): every candidate file's modification time when
+    its ``sha256`` was taken (a file whose size and mtime are unchanged is not re-read)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -414,6 +487,10 @@ class ImagesRecord(_Document):
         labels = k.get("labels")
         if labels is not None and len(labels) != len(k["paths"]):
             raise ValueError(f"{len(labels)} labels for {len(k['paths'])} paths")
+        for key in ("sha256", "size", "mtime_ns"):
+            v = k.get(key)
+            if v is not None and len(v) != len(k["paths"]):
+                raise ValueError(f"{len(v)} {key} values for {len(k['paths'])} paths")
         if k.get("classes") is None:
             k.pop("classes", None)
         return cls(**k, extra=extra)
@@ -625,6 +702,7 @@ __all__ = [
     "Manifest",
     "NeuronDescription",
     "PoolRecord",
+    "ShardRecord",
     "SkippedRecord",
     "StatsMeta",
     "Term",

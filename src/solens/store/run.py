@@ -7,22 +7,33 @@ last); ``Run`` reads one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from solens import __version__
-from solens.errors import InputError, RunMismatchError, SolensError
+from solens.errors import InputError, RunLockedError, RunMismatchError, StorageError
 from solens.models.loading import load_model
 from solens.models.model import RANDOM_WEIGHTS, is_random
-from solens.store.arrays import ChunkedArray, remove_stale_tmp, save_npy_atomic
+from solens.store.arrays import (
+    ChunkedArray,
+    remove_stale_tmp,
+    save_npy_hashed,
+    shard_problem,
+    storage_error,
+)
 from solens.store.images import FolderImages, parse_synth
 from solens.store.protocol import (
     IDENTITY_KEYS,
@@ -30,6 +41,7 @@ from solens.store.protocol import (
     ChunkRecord,
     ImagesRecord,
     Manifest,
+    ShardRecord,
     SkippedRecord,
     identity_hash,
 )
@@ -97,20 +109,44 @@ def _first_difference(old: Any, new: Any, where: str) -> str | None:
     return None
 
 
+RESUME_HINT = (
+    "the run keeps every chunk its manifest lists: free space (or fix the folder's "
+    "permissions) and re-run the same `solens effects` command to resume it"
+)
+LOCK_STALE_S = float(os.environ.get("SOLENS_LOCK_STALE_S", "900"))
+"""A lock record of another host whose heartbeat (the lock file's mtime, touched at every
+manifest write) is older than this many seconds is stale."""
+CHECK_WORKERS = 4
+"""Threads that verify shard checksums."""
+
+
 class RunWriter:
     """Create or resume the run folder ``path``; append chunks; mark the run complete.
 
     ``identity`` holds every ``IDENTITY_KEYS`` field (``arrays`` maps array name to
     ``ArraySpec.to_dict()``); ``images`` is the candidate list (an ``ImagesRecord`` or its
-    JSON form ``{"root", "paths", "labels", "classes"}``). Chunk ``k`` covers candidates
-    ``[k * chunk_size, min((k + 1) * chunk_size, n))``; its rows are those that decoded.
-    ``manifest`` is the ``Manifest`` as last written.
+    JSON form ``{"root", "paths", "labels", "classes"}``, for folders with ``sha256``,
+    ``size``, ``mtime_ns``). Chunk ``k`` covers candidates ``[k * chunk_size, min((k + 1) *
+    chunk_size, n))``; its rows are those that decoded. ``manifest`` is the ``Manifest`` as
+    last written.
+
+    On resume the listed chunks are checked (``verify``: ``"full"`` sizes, headers and
+    sha256 checksums, ``"size"`` without the checksums): damaged ones are dropped from the
+    manifest (``repaired`` lists them) and computed again. A folder dataset whose files
+    changed content keeps the chunks of the unchanged ones (``changed`` lists the others;
+    the run gets a new ``run_id``).
     """
 
     def __init__(self, path: Path, manifest: Manifest, lock_fd: int) -> None:
         self.path = path
         self.manifest = manifest
         self._lock_fd = lock_fd
+        self.repaired: list[dict[str, Any]] = []
+        """Chunks found damaged on resume: ``{"index", "file", "problem"}``."""
+        self.changed: list[str] = []
+        """Candidates whose files changed since the run was computed (their chunks redone)."""
+        self.stale_lock: dict[str, Any] | None = None
+        """The record of a dead writer's lock that this one took over."""
 
     # --- opening ------------------------------------------------------------------------
     @classmethod
@@ -120,6 +156,8 @@ class RunWriter:
         identity: Mapping[str, Any],
         images: ImagesRecord | Mapping[str, Any],
         extra: Mapping[str, Any] | None = None,
+        *,
+        verify: str = "full",
     ) -> RunWriter:
         """A new run, or the run at ``path`` if its identity equals ``identity``
         (else ``RunMismatchError``). ``extra``: further manifest fields (not compared)."""
@@ -127,6 +165,8 @@ class RunWriter:
         missing = [k for k in IDENTITY_KEYS if k not in identity]
         if missing:
             raise ValueError(f"identity lacks {missing}")
+        if verify not in ("full", "size"):
+            raise InputError(f"verify must be 'full' or 'size', got {verify!r}")
         identity = json.loads(json.dumps(dict(identity)))  # canonical (tuples -> lists)
         record = (
             images
@@ -145,19 +185,18 @@ class RunWriter:
                 f"{path} exists, is not empty and has no {MANIFEST}: not a solens run folder; "
                 "choose another --out"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock(path)
         try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(path, e, "choose another --out") from None
+        lock_fd, stale = _lock(path)
+        try:
+            remove_stale_tmp(path)  # only the lock holder may
             if mpath.exists():
                 manifest = read_manifest(path)
-                existing = manifest.identity()
-                for k in IDENTITY_KEYS:
-                    d = _first_difference(existing[k], identity[k], k)
-                    if d:
-                        raise RunMismatchError(
-                            f"{path} holds a different run ({d}); use another --out or delete it"
-                        )
-                remove_stale_tmp(path)
+                writer = cls(path, manifest, lock_fd)
+                writer._reconcile(identity, record)
+                writer._check_chunks(verify)
                 manifest.resumed = [*manifest.resumed, now()]
             else:
                 manifest = Manifest.from_dict(
@@ -178,17 +217,127 @@ class RunWriter:
                     },
                     source=f"new manifest for {path}",
                 )
-                record.write(path / IMAGES)
-                manifest.write(mpath)
+                writer = cls(path, manifest, lock_fd)
+                writer._write(lambda: record.write(path / IMAGES))
+                writer._save()
         except BaseException:
-            os.close(lock_fd)
+            _unlock(lock_fd)
             raise
-        return cls(path, manifest, lock_fd)
+        writer.stale_lock = stale
+        return writer
+
+    def _reconcile(self, identity: Mapping[str, Any], record: ImagesRecord) -> None:
+        """Compare the requested identity with the stored one (``RunMismatchError`` naming
+        the first difference). A folder whose candidates are the same files but some with
+        new contents is accepted: the chunks holding changed files are dropped (to be
+        computed again), ``images.json`` and the dataset fingerprint are updated and the
+        run gets the ``run_id`` of its new identity."""
+        m, path = self.manifest, self.path
+        existing = m.identity()
+        if existing["format_version"] != identity["format_version"]:
+            raise RunMismatchError(
+                f"{path} is a run of format version {existing['format_version']} (solens "
+                f"{m.solens_version or '?'}); this solens writes version "
+                f"{identity['format_version']} and cannot add to it (it still reads it): "
+                "compute the run again into another --out"
+            )
+        old_ds, new_ds = existing["dataset"], identity["dataset"]
+        changed: list[int] = []
+        if old_ds != new_ds and old_ds.get("kind") == new_ds.get("kind") == "folder":
+            changed = self._changed_files(record)
+        for k in IDENTITY_KEYS:
+            if k == "dataset" and changed:
+                continue
+            d = _first_difference(existing[k], identity[k], k)
+            if d:
+                raise RunMismatchError(
+                    f"{path} holds a different run ({d}); use another --out or delete it"
+                )
+        old_rec = ImagesRecord.read(path / IMAGES)
+        if changed or (old_rec.mtime_ns, old_rec.size) != (record.mtime_ns, record.size):
+            self._write(lambda: record.write(path / IMAGES))  # new contents or mtimes
+        if not changed:
+            return
+        self.changed = [record.paths[i] for i in changed]
+        self._drop_chunks({i // m.chunk_size for i in changed})
+        m.dataset = dict(new_ds)
+        m.run_id = identity_hash(identity)[:16]
+        self._save()
+
+    def _changed_files(self, record: ImagesRecord) -> list[int]:
+        """Candidates whose sha256 differs between ``images.json`` and ``record`` (the same
+        paths in the same order); ``RunMismatchError`` naming added or removed images, or
+        for a run whose ``images.json`` records no contents."""
+        old = ImagesRecord.read(self.path / IMAGES)
+        if old.paths != record.paths:
+            gone = [p for p in old.paths if p not in set(record.paths)]
+            new = [p for p in record.paths if p not in set(old.paths)]
+            parts = [f"{len(x)} {what} ({_few(x)})" for x, what in
+                     ((new, "new"), (gone, "missing")) if x]  # fmt: skip
+            raise RunMismatchError(
+                f"dataset: the image folder differs from that of run {self.path}: "
+                f"{', '.join(parts) or 'another order'}; use another --out"
+            )
+        if old.sha256 is None or record.sha256 is None:
+            raise RunMismatchError(
+                f"the files of the image folder differ from those of run {self.path} (paths, "
+                "sizes or mtimes); use another --out or delete it"
+            )
+        return [i for i, (a, b) in enumerate(zip(old.sha256, record.sha256, strict=True))
+                if a != b]  # fmt: skip
+
+    def _check_chunks(self, verify: str) -> None:
+        """Drop the listed chunks with a damaged shard (see the class doc) and the static
+        arrays whose file is damaged."""
+        m = self.manifest
+        jobs = []
+        for c in m.chunks:
+            for name, spec in m.arrays.items():
+                f = c.files.get(name) if c.files else None
+                jobs.append((c.index, Path(name) / chunk_file(c.index), (c.rows, *spec.tail),
+                             spec.dtype, f))  # fmt: skip
+
+        def check(job: tuple[Any, ...]) -> str | None:
+            _, rel, shape, dtype, f = job
+            return shard_problem(self.path / rel, shape, dtype,
+                                 None if f is None else f.bytes,
+                                 None if f is None or verify != "full" else f.sha256)  # fmt: skip
+
+        with ThreadPoolExecutor(CHECK_WORKERS) as pool:
+            problems = list(pool.map(check, jobs))
+        bad: dict[int, dict[str, Any]] = {}
+        for job, problem in zip(jobs, problems, strict=True):
+            if problem is not None and job[0] not in bad:
+                bad[job[0]] = {"index": job[0], "file": job[1].as_posix(), "problem": problem}
+        self.repaired = [bad[i] for i in sorted(bad)]
+        changed = bool(bad)
+        if bad:
+            self._drop_chunks(set(bad))
+        for name, meta in list(m.static.items()):
+            problem = shard_problem(self.path / f"{name}.npy", tuple(meta["shape"]),
+                                    meta["dtype"], meta.get("bytes"),
+                                    meta.get("sha256") if verify == "full" else None)  # fmt: skip
+            if problem is not None:
+                del m.static[name]
+                self.repaired.append({"index": None, "file": f"{name}.npy",
+                                      "problem": problem})  # fmt: skip
+                changed = True
+        if changed:
+            self._save()
+
+    def _drop_chunks(self, indices: set[int]) -> None:
+        m = self.manifest
+        m.chunks = [c for c in m.chunks if c.index not in indices]
+        m.skipped = [s for s in m.skipped if s.index // m.chunk_size not in indices]
+        m.n_images = sum(c.rows for c in m.chunks)
+        if indices:
+            m.complete = False
+            m.finished = None
 
     def close(self) -> None:
         """Release the lock (the manifest on disk is always current)."""
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            _unlock(self._lock_fd)
             self._lock_fd = -1
 
     def __enter__(self) -> RunWriter:
@@ -226,14 +375,24 @@ class RunWriter:
         return [k for k in range(self.n_chunks) if k not in done]
 
     # --- writing ------------------------------------------------------------------------
+    def _write(self, write: Callable[[], Any]) -> Any:
+        """Run ``write()``; a ``StorageError`` gets the advice to resume."""
+        try:
+            return write()
+        except StorageError as e:
+            raise StorageError(f"{e}; {RESUME_HINT}") from None
+
     def write_static(self, name: str, array: np.ndarray, **meta: Any) -> None:
         """An image-independent array ``RUN/<name>.npy`` (e.g. directions [N, P, d]);
-        ``meta`` is recorded with its shape and dtype in ``manifest.static[name]``."""
-        save_npy_atomic(self.path / f"{name}.npy", array)
+        ``meta`` is recorded with its shape, dtype, length and sha256 in
+        ``manifest.static[name]``."""
+        nbytes, sha = self._write(lambda: save_npy_hashed(self.path / f"{name}.npy", array))
         self.manifest.static[name] = {
             "shape": list(array.shape),
             "dtype": str(array.dtype),
             **meta,
+            "bytes": nbytes,
+            "sha256": sha,
         }
         self._save()
 
@@ -252,7 +411,8 @@ class RunWriter:
         with ``rows`` = the chunk's candidates minus ``skipped``.
 
         ``skipped`` lists the candidates of this chunk that were not decoded
-        (``{"index", "path", "reason"}``). The manifest is updated after all files.
+        (``{"index", "path", "reason"}``). The manifest (with each shard's length and
+        sha256) is updated after all files.
         """
         specs = self.manifest.arrays
         if set(arrays) != set(specs):
@@ -260,13 +420,15 @@ class RunWriter:
         start, stop = self.chunk_range(index)
         skip = [s if isinstance(s, SkippedRecord) else SkippedRecord.from_dict(s) for s in skipped]
         rows = stop - start - len(skip)
+        files = {}
         for name, arr in arrays.items():
             spec = specs[name]
             want = (rows, *spec.tail)
             if tuple(arr.shape) != want:
                 raise ValueError(f"{name}: chunk {index} has shape {arr.shape}, expected {want}")
-            arr = arr.astype(spec.dtype, copy=False)
-            save_npy_atomic(self.path / name / chunk_file(index), arr)
+            a = arr.astype(spec.dtype, copy=False)
+            target = self.path / name / chunk_file(index)
+            files[name] = ShardRecord(*self._write(partial(save_npy_hashed, target, a)))
         m = self.manifest
         record = ChunkRecord(
             index=index,
@@ -275,6 +437,7 @@ class RunWriter:
             rows=rows,
             skipped=sorted(s.index for s in skip),
             seconds=None if seconds is None else round(seconds, 4),
+            files=files,
         )
         m.chunks = sorted([c for c in m.chunks if c.index != index] + [record],
                           key=lambda c: c.index)  # fmt: skip
@@ -284,9 +447,12 @@ class RunWriter:
         self._save()
 
     def finish(self, **timings: Any) -> None:
-        """Record timings; mark complete when every chunk is written."""
+        """Record timings; mark complete when every chunk is written and the run has at
+        least one image (a run whose every image was skipped stays incomplete)."""
         self.manifest.timings.update(timings)
-        self.manifest.complete = not self.pending()
+        self.manifest.complete = not self.pending() and (
+            self.manifest.n_images > 0 or self.n_candidates == 0
+        )
         if self.manifest.complete:
             self.manifest.finished = now()
         self._save()
@@ -298,17 +464,85 @@ class RunWriter:
 
     def _save(self) -> None:
         self.manifest.updated = now()
-        self.manifest.write(self.path / MANIFEST)
+        self._write(lambda: self.manifest.write(self.path / MANIFEST))
+        with contextlib.suppress(OSError):  # heartbeat of the lock (see LOCK_STALE_S)
+            os.utime(self.path / LOCK)
 
 
-def _lock(path: Path) -> int:
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+def _few(items: Sequence[str], n: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c and 5 more``."""
+    head = ", ".join(items[:n])
+    return head + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _lock_record(fd: int) -> dict[str, Any] | None:
+    """The JSON record in a lock file (None when empty or unreadable)."""
+    try:
+        data = os.pread(fd, 4096, 0)
+        rec = json.loads(data.decode()) if data.strip() else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _holder(rec: dict[str, Any] | None) -> str:
+    if not rec:
+        return "another solens process"
+    return (f"solens process {rec.get('pid')} on host {rec.get('host')} "
+            f"(since {rec.get('started')})")  # fmt: skip
+
+
+def _lock(path: Path) -> tuple[int, dict[str, Any] | None]:
+    """Take the run's lock: an exclusive, non-blocking ``flock`` on ``RUN/.lock``, holding
+    a JSON record ``{pid, host, started, solens_version}``. Returns the descriptor and
+    the record of a dead writer it replaced (else None).
+
+    A record left by a killed writer is stale when it names this host (the flock, which
+    the kernel drops with the process, was free) or when it names another host and its
+    heartbeat (the file's mtime) is older than ``LOCK_STALE_S``; otherwise (a file
+    system whose flock does not reach other hosts) the run counts as in use.
+    """
+    lock = path / LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise storage_error(path, e, "the run folder must be writable") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        rec = _lock_record(fd)
         os.close(fd)
-        raise SolensError(f"run folder {path} is in use by another solens process") from None
-    return fd
+        raise RunLockedError(
+            f"run folder {path} is in use by {_holder(rec)}; wait for it to finish"
+        ) from None
+    rec = _lock_record(fd)
+    me = platform.node()
+    if rec and rec.get("host") != me:
+        try:
+            age = time.time() - os.fstat(fd).st_mtime
+        except OSError:
+            age = 0.0
+        if age < LOCK_STALE_S:
+            os.close(fd)
+            raise RunLockedError(
+                f"run folder {path} is in use by {_holder(rec)}, last active {age:.0f} s "
+                f"ago; if that process is gone, delete {lock} (or wait {LOCK_STALE_S:.0f} s)"
+            )
+    mine = {"pid": os.getpid(), "host": me, "started": now(), "solens_version": __version__}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
+    except OSError as e:
+        os.close(fd)
+        raise storage_error(lock, e, "the run folder must be writable") from None
+    return fd, rec or None
+
+
+def _unlock(fd: int) -> None:
+    """Empty the lock record and release the lock."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -370,11 +604,18 @@ class Run:
         self.manifest = manifest
         self._images = images
         self._chunks = sorted(manifest.chunks, key=lambda c: c.index)
+        self._verified: set[str] = set()
 
     @classmethod
-    def open(cls, path: str | Path) -> Run:
+    def open(cls, path: str | Path, check: bool = True) -> Run:
         """Open the run folder ``path`` (``InputError`` when it is missing, is not a run
-        folder, or holds a manifest or image list this solens does not read)."""
+        folder, or holds a manifest or image list this solens does not read).
+
+        With ``check`` (the default) every listed shard is checked cheaply: it exists and
+        has the recorded length (runs of format version 1: a header and length that fit
+        the chunk's rows); ``InputError`` naming the first damaged one. Checksums are
+        verified as chunks are read (``iter_chunks``) and by ``verify()``.
+        """
         path = Path(path)
         if not path.is_dir():
             raise InputError(f"run folder {path} does not exist")
@@ -385,7 +626,65 @@ class Run:
                 f"{path / IMAGES} lists {images.n_candidates} candidates, {path / MANIFEST} "
                 f"{manifest.n_candidates}: not the image list of this run"
             )
-        return cls(path, manifest, images)
+        run = cls(path, manifest, images)
+        if check:
+            problems = run.verify(checksums=False, first=True)
+            if problems:
+                raise _damaged(run.path, problems[0])
+        return run
+
+    def verify(self, checksums: bool = True, first: bool = False) -> list[dict[str, Any]]:
+        """Damaged files of the run: ``{"index" (chunk, None for a static array), "file",
+        "problem"}`` for every listed shard and static array that is missing, has another
+        length, header or (with ``checksums``) sha256 than recorded. ``first``: stop at
+        the first."""
+        out: list[dict[str, Any]] = []
+        m = self.manifest
+        for name, meta in m.static.items():
+            rel = f"{name}.npy"
+            problem = shard_problem(self.path / rel, tuple(meta["shape"]), meta["dtype"],
+                                    meta.get("bytes"),
+                                    meta.get("sha256") if checksums else None)  # fmt: skip
+            if problem is not None:
+                out.append({"index": None, "file": rel, "problem": problem})
+                if first:
+                    return out
+        for c in self._chunks:
+            for name, spec in m.arrays.items():
+                rel = f"{name}/{chunk_file(c.index)}"
+                f = c.files.get(name) if c.files else None
+                if f is not None and not checksums:  # the recorded length is enough
+                    try:
+                        size = (self.path / rel).stat().st_size
+                        problem = None if size == f.bytes else f"{size} bytes, expected {f.bytes}"
+                    except OSError as e:
+                        problem = "missing" if isinstance(e, FileNotFoundError) else str(e)
+                else:
+                    problem = shard_problem(self.path / rel, (c.rows, *spec.tail), spec.dtype,
+                                            None if f is None else f.bytes,
+                                            None if f is None else f.sha256)  # fmt: skip
+                if problem is not None:
+                    out.append({"index": c.index, "file": rel, "problem": problem})
+                    if first:
+                        return out
+        return out
+
+    def _verified_shard(self, c: ChunkRecord, name: str) -> Path:
+        """The shard of array ``name`` in chunk ``c``, its checksum verified (once per
+        ``Run``); ``InputError`` when it is damaged."""
+        rel = f"{name}/{chunk_file(c.index)}"
+        path = self.path / rel
+        if rel in self._verified:
+            return path
+        spec = self.manifest.arrays[name]
+        f = c.files.get(name) if c.files else None
+        problem = shard_problem(path, (c.rows, *spec.tail), spec.dtype,
+                                None if f is None else f.bytes,
+                                None if f is None else f.sha256)  # fmt: skip
+        if problem is not None:
+            raise _damaged(self.path, {"index": c.index, "file": rel, "problem": problem})
+        self._verified.add(rel)
+        return path
 
     # --- metadata -----------------------------------------------------------------------
     @property
@@ -486,7 +785,8 @@ class Run:
 
         ``InputError`` when the image folder is gone (moved or deleted), a synthetic spec no
         longer parses or renders other scenes (scene-spec version), or, with ``verify``, the
-        folder's files differ from the run's (fingerprint over paths, sizes, mtimes).
+        folder's files differ from the run's (their contents; a run of format version 1:
+        paths, sizes and mtimes), naming the images that differ.
         """
         ds = self.manifest.dataset
         kind = ds.get("kind")
@@ -501,17 +801,7 @@ class Run:
             labels = None if rec.labels is None else list(rec.labels)
             source = FolderImages(root, list(rec.paths), labels)
             if verify:
-                try:
-                    fingerprint = source.fingerprint()
-                except OSError as e:
-                    raise InputError(
-                        f"the image folder {root} of run {self.path} changed: {_one_line(str(e))}"
-                    ) from None
-                if fingerprint != ds.get("fingerprint"):
-                    raise InputError(
-                        f"the files in {root} differ from those of run {self.path} (paths, "
-                        "sizes or mtimes); Run.images(verify=False) skips this check"
-                    )
+                _check_folder(self, source)
             return source
         if kind == "synth":
             spec = ds.get("spec")
@@ -624,6 +914,8 @@ class Run:
 
         With ``layer``: arrays ``s`` [b, N, P], ``offset`` [b, d], ``norms`` [b, N] plus
         ``embeddings`` [b, d] and ``inv_sigma_post`` [b]; ``names`` picks raw array names.
+        Each shard's checksum is verified before its first use (``InputError`` naming a
+        damaged shard).
         """
         if names is None:
             names = ["embeddings", "inv_sigma_post"]
@@ -632,10 +924,13 @@ class Run:
                 names += [f"{d}/s", f"{d}/offset", f"{d}/norms"]
         paths = self._images.paths
         row = 0
+        for n in names:
+            if n not in self.manifest.arrays:
+                raise InputError(f"run {self.path} has no array {n!r}")
         for c in self._chunks:
             arrays = {}
             for n in names:
-                a = np.load(self.path / n / chunk_file(c.index), mmap_mode="r")
+                a = np.load(self._verified_shard(c, n), mmap_mode="r")
                 arrays[n.rsplit("/", 1)[-1]] = a
             skip = set(c.skipped)
             ids = [paths[i] for i in range(c.start, c.stop) if i not in skip]
@@ -652,3 +947,38 @@ class Run:
 
 def _one_line(s: str) -> str:
     return " ".join(s.split())
+
+
+def _damaged(path: Path, problem: Mapping[str, Any]) -> InputError:
+    return InputError(
+        f"{path / problem['file']} is damaged ({problem['problem']}): re-run `solens effects` "
+        "with the same arguments to compute it again"
+    )
+
+
+def _check_folder(run: Run, source: FolderImages) -> None:
+    """``InputError`` naming the images of ``source`` that differ from ``run``'s."""
+    rec, ds = run.images_record, run.manifest.dataset
+    try:
+        if rec.sha256 is None:  # format version 1: paths, sizes, mtimes
+            if source.fingerprint_v1() != ds.get("fingerprint"):
+                raise InputError(
+                    f"the files in {source.root} differ from those of run {run.path} (paths, "
+                    "sizes or mtimes); Run.images(verify=False) skips this check"
+                )
+            return
+        now_sha = source.files(known=rec.to_dict())["sha256"]
+    except (OSError, InputError) as e:
+        if isinstance(e, InputError) and "differ from" in str(e):
+            raise
+        msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InputError(
+            f"the image folder {source.root} of run {run.path} changed: {_one_line(str(msg))}"
+            + (f" ({e.filename})" if isinstance(e, OSError) and e.filename else "")
+        ) from None
+    differ = [p for p, a, b in zip(rec.paths, rec.sha256, now_sha, strict=True) if a != b]
+    if differ:
+        raise InputError(
+            f"{len(differ)} images in {source.root} differ from those of run {run.path}: "
+            f"{_few(differ)}; Run.images(verify=False) skips this check"
+        )
