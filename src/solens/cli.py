@@ -30,7 +30,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("effects", "export", "describe", "ablate", "synth", "demo")
+COMMAND_MODULES = ("effects", "export", "describe", "ablate", "attack", "discover", "synth",
+                   "demo")
 
 
 def _print_version(value: bool) -> None:
