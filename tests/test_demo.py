@@ -115,7 +115,8 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
 
     small = EvalSet(n=150, seed=12345)
     monkeypatch.setattr(solens.demo, "run_demo",
-                        functools.partial(solens.demo.run_demo, eval_set=small, ablate_n=60))
+                        functools.partial(solens.demo.run_demo, eval_set=small, ablate_n=60,
+                                          attack_n=6))
     out = tmp_path / "demo"
     main(["demo", "--out", str(out), "--n", "120", "--k", "12", "--pool", "world",
           "--terms", "8", "--no-progress"])
@@ -154,6 +155,16 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
     assert set(a["pc1_variance"]) == {"second_order", "indirect"}
     assert (out / "run" / "ablate" / "fig3.png").is_file()
     assert "## The paper's layer experiments" in report
+    # solens attack / discover: the checked contract of summary.json["attack"], ["discover"]
+    (pair, e), = summary["attack"].items()
+    assert pair == "ship:car"
+    for m in ("second_order", "random", "similar_words", "indirect"):
+        assert len(e[m]) == 2 and 0 <= e[m][0] <= 1 and e[m][1] >= 0
+    assert e["reliance"] is not None and -1 <= e["reliance"] <= 1
+    assert set(summary["discover"]) >= {"precision_at_5", "baseline"}
+    assert 0 <= summary["discover"]["precision_at_5"] <= 1
+    assert (out / "run" / "attack" / "ship-car" / "summary.json").is_file()
+    assert "## Semantic adversarial images" in report and "## Attribute discovery" in report
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert printed.startswith("150 held-out scenes per split (seed 12345): zero-shot balanced")
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from solens import __version__
+from solens.attack.showcase import demo_section as attack_demo_section
+from solens.attack.showcase import report_lines as attack_report_lines
 from solens.describe.describe import describe_run
 from solens.describe.pools import embed_pool, load_pool
 from solens.experiments.ablate import ablate_run
@@ -179,6 +181,7 @@ def _report(summary: dict[str, Any]) -> str:
     if d:
         lines += _describe_section(d, ri)
     lines += _ablate_section(summary.get("ablate"))
+    lines += attack_report_lines(summary.get("attack"), summary.get("discover"))
     lines += ["", "## Timings (s)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in summary["timings"].items()]
     return "\n".join(lines) + "\n"
@@ -338,6 +341,7 @@ def run_demo(
     progress: bool = True,
     eval_set: EvalSet = HEADLINE,
     ablate_n: int = 500,
+    attack_n: int = 20,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every step on solens-tiny (or ``model``) and write the report into ``out``.
@@ -347,7 +351,9 @@ def run_demo(
     quote); the effects run, descriptions and scores use the first ``n`` of its balanced
     scenes and ``layers`` (default: every block with a later block). With the descriptions,
     ``solens ablate``'s experiments evaluate ``ablate_n`` other balanced scenes (seed
-    ``ABLATE_SEED``), the run's images being the reference set."""
+    ``ABLATE_SEED``), the run's images being the reference set; ``solens attack`` runs one
+    pair with ``attack_n`` scenes per method and repeat and ``solens discover`` scores
+    ``5 * attack_n`` scenes."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -413,6 +419,10 @@ def run_demo(
                          layers=layers, pools=[pool], k=k, progress=progress)
         summary["ablate"] = {**abl.summary(), "eval": abl.settings.eval["spec"],
                              "folder": str(Path("run") / "ablate")}
+        done()
+        done = step("attack and discovery", f" ({attack_n} scenes per method and repeat)")
+        summary["attack"], summary["discover"] = attack_demo_section(
+            run, model, n_images=attack_n, n_discover=5 * attack_n, progress=progress)
         done()
     timings["total"] = time.perf_counter() - t_all
     save_json_atomic(out / "summary.json", summary)
