@@ -134,7 +134,7 @@ class _Paths:
     def load(self, index: int) -> Image.Image:
         try:
             with Image.open(self.paths[index]) as im:
-                return to_rgb(im)
+                return to_rgb(im).copy()  # the file closes here
         except (OSError, UnidentifiedImageError) as e:
             raise InputError(f"image {self.paths[index]}: cannot be decoded ({e})") from None
 

@@ -99,6 +99,7 @@ class AttackSettings:
     generator: dict[str, Any]
     llm: str | None
     indirect_images: int
+    indirect_reference: int | None
     reliance_images: int
 
     def digest(self) -> str:
@@ -268,15 +269,17 @@ class Miner:
 
 
 def indirect_directions(model: Model, run: Run, layers: Sequence[int], n_images: int,
-                        seed: int, folder: Path, progress: bool = False) -> dict[int, Tensor]:
+                        seed: int, folder: Path, progress: bool = False,
+                        reference: int | None = None) -> dict[int, Tensor]:
     """Per layer, the rank-1 direction of every neuron's indirect effects (mean-ablation,
-    means over the run's images) on ``n_images`` of the run's images drawn with ``seed``:
-    layer -> [N, d]. Cached in ``folder`` (pair-independent)."""
+    means per token position over the run's first ``reference`` images, all when None) on
+    ``n_images`` of those images drawn with ``seed``: layer -> [N, d]. Cached in
+    ``folder`` (pair-independent)."""
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[int, Tensor] = {}
     todo = []
     for l in layers:
-        p = folder / f"{layer_dir(l)}-n{n_images}-s{seed}.npy"
+        p = folder / _cache_name(l, n_images, seed, reference)
         if p.exists():
             out[l] = torch.from_numpy(np.load(p))
         else:
@@ -285,7 +288,7 @@ def indirect_directions(model: Model, run: Run, layers: Sequence[int], n_images:
         return out
     preprocess = default_preprocess(model)
     source = run.images()
-    rows = run.row_candidates
+    rows = run.row_candidates[:reference] if reference else run.row_candidates
     ref = pixels(source, preprocess, rows)
     means, _ = reference_means(model, ref, todo)
     pick = np.random.default_rng(seed).choice(len(rows), min(n_images, len(rows)), replace=False)
@@ -298,8 +301,13 @@ def indirect_directions(model: Model, run: Run, layers: Sequence[int], n_images:
                                           means[l])
             dirs.append(rank1_directions(eff).float())
         out[l] = torch.cat(dirs)
-        save_npy_atomic(folder / f"{layer_dir(l)}-n{n_images}-s{seed}.npy", out[l].numpy())
+        save_npy_atomic(folder / _cache_name(l, n_images, seed, reference), out[l].numpy())
     return out
+
+
+def _cache_name(layer: int, n_images: int, seed: int, reference: int | None) -> str:
+    ref = f"-r{reference}" if reference else ""
+    return f"{layer_dir(layer)}-n{n_images}-s{seed}{ref}.npy"
 
 
 def describe_directions(dictionary: Tensor, texts: Sequence[str], directions: dict[int, Tensor],
@@ -412,6 +420,7 @@ def attack_pair(
     seed: int = 0,
     llm: LLMWriter | None = None,
     indirect_images: int = 8,
+    indirect_reference: int | None = None,
     reliance_images: int = 200,
     save_images: bool = True,
     restart: bool = False,
@@ -421,7 +430,9 @@ def attack_pair(
 ) -> AttackResult:
     """Mine, prompt, generate and evaluate the pair ``"c1:c2"`` on ``run`` (module doc);
     writes ``RUN/attack/<c1>-<c2>/``. ``generator`` defaults to the synthetic world's
-    renderer; ``llm`` writes the prompts instead of the templates."""
+    renderer; ``llm`` writes the prompts instead of the templates; the indirect baseline's
+    mean activations come from the run's first ``indirect_reference`` images (all when
+    None)."""
     c1, c2 = parse_pair(pair)
     run = run if isinstance(run, Run) else Run.open(run)
     run.require_complete()
@@ -439,7 +450,9 @@ def attack_pair(
         words_per_prompt=int(words_per_prompt), threshold=float(threshold),
         block=sorted(block), n_images=int(n_images), repeats=int(repeats), seed=int(seed),
         generator=gen.describe(), llm=None if llm is None else llm.path,
-        indirect_images=int(indirect_images), reliance_images=int(reliance_images))
+        indirect_images=int(indirect_images),
+        indirect_reference=None if indirect_reference is None else int(indirect_reference),
+        reliance_images=int(reliance_images))
     out = pair_folder(run, c1, c2)
     _open_folder(out, settings, restart)
     model = run.load_model(device) if model is None else model
@@ -459,7 +472,8 @@ def attack_pair(
     fixed: dict[str, list[MinedWord]] = {"second_order": miner.second_order(),
                                          "similar_words": miner.similar_words()}
     ind_dirs = indirect_directions(model, run, layers, indirect_images, seed,
-                                   run.path / ATTACK_DIR / "indirect", progress)
+                                   run.path / ATTACK_DIR / "indirect", progress,
+                                   indirect_reference)
     D = prepare_dictionary(emb)[0]
     n_terms = max((len(e.terms) for d in docs.values() for e in d.neurons), default=10)
     fixed["indirect"] = miner.indirect(ind_dirs, describe_directions(D, p.texts, ind_dirs,
