@@ -181,7 +181,8 @@ def _report(summary: dict[str, Any]) -> str:
     if d:
         lines += _describe_section(d, ri)
     lines += _ablate_section(summary.get("ablate"))
-    lines += attack_report_lines(summary.get("attack"), summary.get("discover"))
+    lines += attack_report_lines(summary.get("attack"), summary.get("discover"),
+                                 summary.get("attack_detail"))
     lines += ["", "## Timings (s)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in summary["timings"].items()]
     return "\n".join(lines) + "\n"
@@ -421,7 +422,7 @@ def run_demo(
                              "folder": str(Path("run") / "ablate")}
         done()
         done = step("attack and discovery", f" ({attack_n} scenes per method and repeat)")
-        summary["attack"], summary["discover"] = attack_demo_section(
+        summary["attack"], summary["discover"], summary["attack_detail"] = attack_demo_section(
             run, model, n_images=attack_n, n_discover=5 * attack_n, progress=progress)
         done()
     timings["total"] = time.perf_counter() - t_all
