@@ -344,3 +344,27 @@ def test_discover_matches_materialised_effects(env) -> None:
 def test_words_of_minedword_dict() -> None:
     w = MinedWord("sea", 0.5, [(1, 2, 0.5)])
     assert w.to_dict() == {"text": "sea", "score": 0.5, "neurons": [[1, 2, 0.5]]}
+
+
+@pytest.mark.slow
+def test_commands_on_solens_tiny(tmp_path, capsys) -> None:
+    """``solens attack`` and ``solens discover`` end to end on the bundled model."""
+    from solens.describe.describe import describe_run
+    from solens.describe.pools import load_pool
+    from solens.models.loading import load_model
+    from solens.store import run_effects
+
+    model = load_model("solens-tiny")
+    run = run_effects(model, "synth:balanced:60:5", [6], tmp_path / "run", progress=False,
+                      workers=0)
+    describe_run(run, load_pool("world"), model=model, n_terms=6, k=10, progress=False)
+    code, out, err = run_cli(["attack", str(run.path), "--pair", "ship:car", "--k", "10",
+                              "--n", "4", "--repeats", "2", "--indirect-images", "2",
+                              "--reliance-images", "4", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "ship:car: second-order" in out
+    s = json.loads((run.path / "attack" / "ship-car" / "summary.json").read_text())
+    assert s["repeats"] == 2 and s["reliance"] is not None
+    code, out, err = run_cli(["discover", str(run.path), "synth:balanced:6:1", "--k", "10",
+                              "--no-progress"], capsys)
+    assert code == 0 and "precision@5" in out, err

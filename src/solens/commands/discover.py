@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     def discover_cmd(
         run: Path = typer.Argument(..., help="Run folder with descriptions (`solens describe`)."),
         images: list[str] = typer.Argument(
-            ..., metavar="IMAGE...",
+            ..., metavar="IMAGE",
             help="Image files, or synth:SPLIT:N[:SEED] (scenes with ground truth: adds "
             "precision@5)."),
         pool: str | None = typer.Option(None, "--pool", metavar="POOL",
