@@ -368,3 +368,20 @@ def test_commands_on_solens_tiny(tmp_path, capsys) -> None:
     code, out, err = run_cli(["discover", str(run.path), "synth:balanced:6:1", "--k", "10",
                               "--no-progress"], capsys)
     assert code == 0 and "precision@5" in out, err
+
+
+def test_demo_report_lines() -> None:
+    from solens.attack.showcase import report_lines
+
+    attack = {"ship:car": {"second_order": [0.25, 0.05], "random": [0.1, 0.0],
+                           "similar_words": [0.0, 0.0], "indirect": [0.2, 0.1],
+                           "reliance": 0.12}}
+    detail = {"words": {"second_order": ["highway", "clock"]}, "n_images": 20, "repeats": 2,
+              "layers": [6], "discover": {"n": 100, "images": "synth:balanced:100:1",
+                                          "example": None}}
+    lines = report_lines(attack, {"precision_at_5": 0.3, "baseline": 0.5}, detail)
+    text = "\n".join(lines)
+    assert "| second_order | 25.0 ± 5.0 | highway, clock |" in text
+    assert "+12.0 points" in text and "2 repeats x 20 scenes" in text
+    assert "100 scenes (`synth:balanced:100:1`): 30.0%" in text and "50.0%" in text
+    assert report_lines(None, None, None) == []
