@@ -116,7 +116,8 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
     small = EvalSet(n=150, seed=12345)
     monkeypatch.setattr(solens.demo, "run_demo",
                         functools.partial(solens.demo.run_demo, eval_set=small, ablate_n=60,
-                                          segment_n=12, atlas_top=2, atlas_layers=[0]))
+                                          segment_n=12, atlas_top=2, atlas_layers=[0],
+                                          attack_n=6))
     out = tmp_path / "demo"
     main(["demo", "--out", str(out), "--n", "120", "--k", "12", "--pool", "world",
           "--terms", "8", "--no-progress"])
@@ -164,6 +165,17 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
         assert all(0 <= x <= 1 for x in sg[m].values())
     assert (out / "run" / "segment" / "overlays" / "00000.png").is_file()
     assert "## Zero-shot segmentation" in report
+    # solens attack / discover: the checked contract of summary.json["attack"], ["discover"]
+    (pair, e), = summary["attack"].items()
+    assert pair == "ship:car"
+    for m in ("second_order", "random", "similar_words", "indirect"):
+        assert len(e[m]) == 2 and 0 <= e[m][0] <= 1 and e[m][1] >= 0
+    assert e["reliance"] is not None and -1 <= e["reliance"] <= 1
+    assert set(e) == {"second_order", "random", "similar_words", "indirect", "reliance"}
+    assert set(summary["discover"]) == {"precision_at_5", "baseline"}
+    assert 0 <= summary["discover"]["precision_at_5"] <= 1
+    assert (out / "run" / "attack" / "ship-car" / "summary.json").is_file()
+    assert "## Semantic adversarial images" in report and "## Attribute discovery" in report
     # the atlas: the checked contract of summary.json["atlas"]
     assert summary["atlas"] == "atlas/index.html" and (out / "atlas" / "index.html").is_file()
     assert len(list((out / "atlas" / "neurons" / "layer-00").glob("*.html"))) == 384

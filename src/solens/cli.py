@@ -31,7 +31,8 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES = (
-    "effects", "export", "describe", "ablate", "segment", "atlas", "synth", "models", "demo",
+    "effects", "export", "describe", "ablate", "segment", "attack", "discover", "atlas",
+    "synth", "models", "demo",
 )
 
 

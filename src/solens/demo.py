@@ -23,6 +23,8 @@ import torch
 
 from solens import __version__
 from solens.atlas.build import build_atlas
+from solens.attack.showcase import demo_section as attack_demo_section
+from solens.attack.showcase import report_lines as attack_report_lines
 from solens.describe.describe import describe_run
 from solens.describe.pools import embed_pool, load_pool
 from solens.experiments.ablate import ablate_run
@@ -183,6 +185,8 @@ def _report(summary: dict[str, Any]) -> str:
         lines += _describe_section(d, ri)
     lines += _ablate_section(summary.get("ablate"))
     lines += segment_report(summary.get("segment"))
+    lines += attack_report_lines(summary.get("attack"), summary.get("discover"),
+                                 summary.get("attack_detail"))
     if summary.get("atlas"):
         lines += ["", "## Neuron atlas (`solens atlas`)", "",
                   f"Open [{summary['atlas']}]({summary['atlas']}) in a browser (no server "
@@ -348,6 +352,7 @@ def run_demo(
     eval_set: EvalSet = HEADLINE,
     ablate_n: int = 500,
     segment_n: int = 100,
+    attack_n: int = 20,
     atlas_top: int = 4,
     atlas_layers: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
@@ -360,9 +365,11 @@ def run_demo(
     scenes and ``layers`` (default: every block with a later block). With the descriptions,
     ``solens ablate``'s experiments evaluate ``ablate_n`` other balanced scenes (seed
     ``ABLATE_SEED``), the run's images being the reference set; ``solens segment`` segments
-    ``segment_n`` other balanced scenes (``solens.segment.run.DEMO_SEED``); last the neuron
-    atlas (``OUT/atlas/index.html``, ``atlas_top`` top images per neuron, of
-    ``atlas_layers``: default every described layer)."""
+    ``segment_n`` other balanced scenes (``solens.segment.run.DEMO_SEED``); ``solens attack``
+    runs one pair with ``attack_n`` scenes per method and repeat and ``solens discover``
+    scores ``5 * attack_n`` scenes; last the neuron atlas (``OUT/atlas/index.html``,
+    ``atlas_top`` top images per neuron, of ``atlas_layers``: default every described
+    layer)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -431,6 +438,10 @@ def run_demo(
         done()
         done = step("segmentation", f" ({segment_n} other scenes)")
         summary["segment"] = segment_section(run, model, segment_n, progress=progress)
+        done()
+        done = step("attack and discovery", f" ({attack_n} scenes per method and repeat)")
+        summary["attack"], summary["discover"], summary["attack_detail"] = attack_demo_section(
+            run, model, n_images=attack_n, n_discover=5 * attack_n, progress=progress)
         done()
         done = step("atlas", f" ({atlas_top} top images per neuron)")
         atlas = build_atlas(run, out / "atlas", model=model, n_top=atlas_top,
