@@ -84,7 +84,8 @@ def register(app: typer.Typer) -> None:
         source = open_images(images)  # missing / empty folder: fails before loading the model
         require_weights(model, pretrained, checkpoint, cli=True)  # no silent random weights
         dev = resolve_device(device)
-        m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu)
+        m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu,
+                       text=False)  # effects need no text: the vision tower only
         check_layers(m, layer_list)
         run = run_effects(
             m,

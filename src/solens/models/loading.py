@@ -69,6 +69,19 @@ def _quiet() -> Iterator[None]:
         root.removeFilter(f)
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc ``malloc_trim``;
+    nothing elsewhere), so that RSS drops after a large model part is dropped."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _network_error(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     needles = ("connect", "offline", "cached files", "local cache", "max retries", "timed out")
@@ -115,6 +128,7 @@ def _finish(
     device: str | torch.device,
     extra: dict[str, Any],
     with_text: bool = True,
+    text: bool = True,
 ) -> Model:
     model = Model.from_open_clip(
         clip_model, preprocess, tokenizer, name=name, pretrained=pretrained, source="open_clip"
@@ -122,6 +136,10 @@ def _finish(
     if not with_text:
         model.text = None
     model.info = dataclasses.replace(model.info, extra={**model.info.extra, **extra})
+    if not text:  # keep the vision tower only: the rest of the CLIP model is freed
+        model = Model(model.visual, None, preprocess, model.info)
+        del clip_model
+        release_memory()
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as e:  # e.g. "cuda" on a machine without CUDA
@@ -157,7 +175,9 @@ def _load_tiny(
     return model
 
 
-def _load_schema(name: str, device: str | torch.device, quick_gelu: bool | None) -> Model:
+def _load_schema(
+    name: str, device: str | torch.device, quick_gelu: bool | None, text: bool = True
+) -> Model:
     """``hf-hub:org/repo`` (from the hub cache when offline) or ``local-dir:/path``
     (resolved by ``solens.models.hub.resolve_schema``)."""
     import open_clip
@@ -185,6 +205,7 @@ def _load_schema(name: str, device: str | torch.device, quick_gelu: bool | None)
         pretrained=label,
         device=device,
         extra=extra,
+        text=text,
     )
 
 
@@ -218,6 +239,7 @@ def load_model(
     checkpoint: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     quick_gelu: bool | None = None,
+    text: bool = True,
 ) -> Model:
     """Load a CLIP model as a solens ``Model`` (eval mode, float32, on ``device``).
 
@@ -240,6 +262,12 @@ def load_model(
     QuickGELU follows the weights (tag metadata, "-quickgelu" configs, OpenAI TorchScript
     archives use it); ``quick_gelu=`` overrides. ``info.extra`` records where the weights
     came from.
+
+    ``text=False`` keeps the vision tower only (no text encoder: ``model.text`` is None):
+    only its weights are loaded and the rest of the CLIP model is freed, for jobs that need
+    no text (``solens effects``). Its identity, weights hash and preprocessing equal the
+    full model's, so runs made either way are the same run. (solens-tiny is small and
+    always loads whole.)
     """
     if name == TINY:
         return _load_tiny(pretrained, checkpoint, device, quick_gelu)
@@ -249,7 +277,7 @@ def load_model(
                 f"{name} carries its own weights: drop --pretrained/--checkpoint "
                 "(Python: pretrained=/checkpoint=)"
             )
-        return _load_schema(name, device, quick_gelu)
+        return _load_schema(name, device, quick_gelu, text)
     name = name.replace("/", "-")
     random = pretrained is not None and pretrained.lower() == RANDOM
     if (
@@ -319,7 +347,11 @@ def load_model(
     with_text = True
     if weights_file is not None:
         what = f"checkpoint {weights_file}" if checkpoint is not None else f"{name} {label!r}"
-        with_text = load_weights(clip_model, read_state_dict(weights_file), what)
+        sd = read_state_dict(weights_file)
+        if not text:  # the vision tower's weights only (loaded into clip_model.visual)
+            sd = {k: v for k, v in sd.items() if k.startswith("visual.")} or sd
+        with_text = load_weights(clip_model, sd, what)
+        del sd
     return _finish(
         clip_model,
         preprocess,
@@ -329,4 +361,5 @@ def load_model(
         device=device,
         extra=extra,
         with_text=with_text,
+        text=text,
     )
