@@ -23,7 +23,8 @@ from solens.store.compute import describe_preprocess, run_effects
 from tests.helpers import images, run_cli, tiny_model
 
 SMALL = "solens-test-cache-vit"
-so = importlib.import_module("solens.lens.second_order")  # the module (the package exports the function)
+# the module (the package exports the function of that name)
+so = importlib.import_module("solens.lens.second_order")
 
 
 @pytest.fixture(autouse=True)
@@ -185,7 +186,7 @@ def test_effects_command_loads_the_vision_tower_only(
         return real(*a, **kw)
 
     monkeypatch.setattr(loading, "load_model", spy)
-    code, out, err = run_cli(["effects", "--model", SMALL, "--checkpoint", str(checkpoint),
+    code, _, err = run_cli(["effects", "--model", SMALL, "--checkpoint", str(checkpoint),
                               "--layers", "1", "--images", "synth:balanced:6:0:32",
                               "--out", str(tmp_path / "run"), "--no-progress",
                               "--batch-size", "4"], capsys)
