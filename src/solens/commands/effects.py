@@ -23,8 +23,9 @@ def register(app: typer.Typer) -> None:
         images: str = typer.Option(
             ...,
             "--images",
-            metavar="FOLDER",
-            help="Image folder (recursive; sub-folders = labels) or synth:SPLIT:N[:SEED].",
+            metavar="SOURCE",
+            help="Image folder (recursive; sub-folders = labels), WebDataset .tar shards "
+            "(path, glob or brace pattern: 'shards/train-{000..099}.tar') or synth:SPLIT:N[:SEED].",
         ),
         out: Path = typer.Option(
             ..., "--out", metavar="RUN", help="Run folder (created, or resumed if it exists)."
@@ -78,10 +79,10 @@ def register(app: typer.Typer) -> None:
         from solens.models.loading import load_model, require_weights
         from solens.models.model import RANDOM_WEIGHTS, is_random
         from solens.store.compute import check_layers, run_effects
-        from solens.store.images import open_images
+        from solens.store.shards import open_source
 
         layer_list = int_list(layers, "--layers")
-        source = open_images(images)  # missing / empty folder: fails before loading the model
+        source = open_source(images)  # missing / empty folder: fails before loading the model
         require_weights(model, pretrained, checkpoint, cli=True)  # no silent random weights
         dev = resolve_device(device)
         m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu,

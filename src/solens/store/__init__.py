@@ -14,6 +14,7 @@ from solens.store.export import export_effects
 from solens.store.images import FolderImages, SynthImages, open_images
 from solens.store.protocol import DescriptionsDoc, ImagesRecord, Manifest, StatsMeta
 from solens.store.run import LayerView, Run, RunChunk, RunWriter
+from solens.store.shards import ShardImages, open_source
 
 __all__ = [
     "ChunkedArray",
@@ -25,9 +26,11 @@ __all__ = [
     "Run",
     "RunChunk",
     "RunWriter",
+    "ShardImages",
     "StatsMeta",
     "SynthImages",
     "export_effects",
     "open_images",
+    "open_source",
     "run_effects",
 ]

@@ -31,9 +31,10 @@ from solens.lens.second_order import (
     trace_names,
 )
 from solens.models.model import LOCATION_KEYS, Model
-from solens.store.images import FolderImages, SynthImages, images_record, iter_batches, open_images
+from solens.store.images import FolderImages, SynthImages, images_record, iter_batches
 from solens.store.protocol import ArraySpec, Manifest
 from solens.store.run import FORMAT_VERSION, MANIFEST, Run, RunWriter, layer_dir, now
+from solens.store.shards import ShardImages, open_source
 
 CHUNK_TARGET_BYTES = 128 * 2**20
 """Default chunk: about this many bytes of per-image arrays (all layers)."""
@@ -98,7 +99,7 @@ def _existing_chunk_size(out: Path) -> int | None:
 @torch.no_grad()
 def run_effects(
     model: Model,
-    images: FolderImages | SynthImages | str | Path,
+    images: FolderImages | SynthImages | ShardImages | str | Path,
     layers: Sequence[int],
     out: str | Path,
     *,
@@ -115,7 +116,7 @@ def run_effects(
     ``offset`` [d] and ``norms`` [N] (``layer_arrays``), and per layer the directions
     [N, P, d] of both conventions (format: ``docs/run-format.md``).
 
-    ``images``: a dataset or a spec for ``open_images``. ``chunk_size`` defaults to the
+    ``images``: a dataset or a spec for ``open_source``. ``chunk_size`` defaults to the
     existing run's, else about 128 MiB of rows. ``extra`` is recorded in the manifest
     (not compared on resume). ``on_chunk(k)`` runs after chunk ``k`` is on disk (tests).
     Raises ``RunMismatchError`` when ``out`` holds a different run.
@@ -124,7 +125,7 @@ def run_effects(
     if batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
     layers = check_layers(model, layers)
-    source = open_images(images) if isinstance(images, (str, Path)) else images
+    source = open_source(images) if isinstance(images, (str, Path)) else images
     out = Path(out)
     arrays = layer_arrays(model, layers)
     if chunk_size is None:

@@ -235,7 +235,7 @@ def open_images(spec: str | Path) -> FolderImages | SynthImages:
     return FolderImages.scan(s)
 
 
-def images_record(source: FolderImages | SynthImages) -> dict[str, Any]:
+def images_record(source: ImageSource) -> dict[str, Any]:
     """What ``RUN/images.json`` stores (``ImagesRecord.to_dict()``): root, candidate ids
     [n], labels [n] or None, classes."""
     root = str(source.root.resolve()) if isinstance(source, FolderImages) else None

@@ -33,6 +33,7 @@ from solens.store.protocol import (
     SkippedRecord,
     identity_hash,
 )
+from solens.store.shards import ShardImages, reopen_shards
 
 if TYPE_CHECKING:
     import torch
@@ -480,7 +481,7 @@ class Run:
             [idx.get(lab, -1) if lab is not None else -1 for lab in labels], dtype=np.int64
         )
 
-    def images(self, verify: bool = True) -> FolderImages | SynthImages:
+    def images(self, verify: bool = True) -> FolderImages | SynthImages | ShardImages:
         """The run's dataset, rebuilt from the manifest's ``dataset`` and ``images.json``:
         the same candidates in the same order (rows -> candidates: ``row_candidates``).
 
@@ -529,6 +530,8 @@ class Run:
             if scenes.ids != rec.paths:
                 raise InputError(f"{self.path / IMAGES} does not list the scenes of {spec!r}")
             return scenes
+        if kind == "shards":
+            return reopen_shards(ds, list(rec.paths), self.path)
         raise InputError(f"run {self.path} has a dataset of unknown kind {kind!r}")
 
     def load_model(self, device: str | torch.device = "cpu") -> Model:
