@@ -152,7 +152,7 @@ def test_bad_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(InputError, match="does not exist"):
         open_source(f"{tmp_path}/a-{{0..1}}.tar")
     (tmp_path / "broken.tar").write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(InputError, match="cannot read shard|hold no images"):
+    with pytest.raises(InputError, match=r"cannot read shard .*broken\.tar: invalid header"):
         open_source(str(tmp_path / "broken.tar"))
     with wds.TarWriter(str(tmp_path / "text.tar")) as w:
         w.write({"__key__": "a", "txt": b"hello"})
