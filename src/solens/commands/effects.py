@@ -71,6 +71,11 @@ def register(app: typer.Typer) -> None:
         (images x neurons x later heads), the exact norms ||phi_n(I)||, the official
         offsets and the image-independent directions of both conventions. Re-running the
         same command resumes a killed run. Format: docs/run-format.md.
+
+        Distributed: torchrun --nproc-per-node 4 -m solens effects ... splits the chunks
+        across the processes (one GPU each, or CPU processes with gloo; several nodes through
+        torchrun's rendezvous, with the run folder on a shared file system); the run folder
+        is the same as a one-process run's (docs/performance.md).
         """
         from solens.models.catalog import check_model_name
 
@@ -84,7 +89,10 @@ def register(app: typer.Typer) -> None:
         layer_list = int_list(layers, "--layers")
         source = open_source(images)  # missing / empty folder: fails before loading the model
         require_weights(model, pretrained, checkpoint, cli=True)  # no silent random weights
-        dev = resolve_device(device)
+        from solens.store.distributed import Dist
+
+        dist = Dist.from_env(resolve_device(device))  # torchrun: one rank of several
+        dev = dist.device(resolve_device(device))
         m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu,
                        text=False)  # effects need no text: the vision tower only
         check_layers(m, layer_list)
@@ -95,8 +103,9 @@ def register(app: typer.Typer) -> None:
             out,
             batch_size=batch_size,
             chunk_size=chunk_size,
-            progress=progress,
+            progress=progress and dist.is_main,
             workers=workers,
+            dist=dist,
             extra={
                 "command": {
                     "model": model,
@@ -107,6 +116,9 @@ def register(app: typer.Typer) -> None:
                 }
             },
         )
+        dist.close()
+        if not dist.is_main:
+            return
         t = run.manifest.timings
         random = f", model {m.info.name} with {RANDOM_WEIGHTS}" if is_random(m.info) else ""
         typer.echo(

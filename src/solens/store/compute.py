@@ -31,6 +31,7 @@ from solens.lens.second_order import (
     trace_names,
 )
 from solens.models.model import LOCATION_KEYS, Model
+from solens.store.distributed import Dist, merge_parts, open_writer, write_summaries
 from solens.store.images import FolderImages, SynthImages, images_record, iter_batches
 from solens.store.protocol import ArraySpec, Manifest
 from solens.store.run import FORMAT_VERSION, MANIFEST, Run, RunWriter, layer_dir, now
@@ -109,6 +110,7 @@ def run_effects(
     workers: int | None = None,
     extra: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    dist: Dist | None = None,
 ) -> Run:
     """Compute (or resume) the run folder ``out`` for ``layers`` over ``images``.
 
@@ -119,9 +121,11 @@ def run_effects(
     ``images``: a dataset or a spec for ``open_source``. ``chunk_size`` defaults to the
     existing run's, else about 128 MiB of rows. ``extra`` is recorded in the manifest
     (not compared on resume). ``on_chunk(k)`` runs after chunk ``k`` is on disk (tests).
-    Raises ``RunMismatchError`` when ``out`` holds a different run.
+    Raises ``RunMismatchError`` when ``out`` holds a different run. ``dist``: this
+    process's rank in a distributed run (``solens.store.distributed``).
     """
     t_setup = time.perf_counter()
+    dist = dist or Dist()
     if batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
     layers = check_layers(model, layers)
@@ -150,8 +154,9 @@ def run_effects(
         "heads": {str(l): (model.info.n_layers - l - 1) * model.info.n_heads for l in layers},
         **(extra or {}),
     }
-    with RunWriter.open(out, identity, images_record(source), header) as writer:
-        pending = writer.pending()
+    with open_writer(out, identity, images_record(source), header, dist) as writer:
+        todo = writer.pending()
+        pending = dist.share(todo)  # this rank's chunks
         t0 = time.perf_counter()
         grams = _directions(model, layers, writer, need_grams=bool(pending))
         t_dirs = time.perf_counter() - t0
@@ -163,13 +168,18 @@ def run_effects(
             "torch": torch.__version__,
             "host": platform.node(),
             "batch_size": batch_size,
-            "chunks": len(pending),
-            "candidates": sum(len(range(*writer.chunk_range(k))) for k in pending),
+            "chunks": len(todo),
+            "candidates": sum(len(range(*writer.chunk_range(k))) for k in todo),
+            "world_size": dist.world,
         }
         writer.update(sessions=[*writer.manifest.sessions, session])
         t1 = time.perf_counter()
         _compute(model, source, layers, writer, pending, grams, arrays, batch_size, preprocess,
-                 progress, workers, on_chunk)  # fmt: skip
+                 progress and dist.is_main, workers, on_chunk)  # fmt: skip
+        dist.barrier()  # every rank's chunks are on disk
+        if dist.is_main:
+            merge_parts(writer)
+            write_summaries(writer)
         seconds = time.perf_counter() - t1
         session.update(
             finished=now(),
@@ -184,6 +194,9 @@ def run_effects(
             images_per_s=round(writer.n_candidates / chunk_s, 2) if chunk_s > 0 else None,
         )
         n_images = writer.manifest.n_images
+    dist.barrier()  # rank 0 has finished the manifest
+    if not dist.is_main:
+        n_images = Run.open(out).n_images
     if n_images == 0 and writer.n_candidates > 0:
         skipped = writer.manifest.skipped
         first = f"first: {skipped[0].path}: {skipped[0].reason}; " if skipped else ""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
@@ -185,7 +185,11 @@ class ShardImages:
         return data
 
     def load(self, index: int) -> Image.Image:
-        with Image.open(io.BytesIO(self.read_bytes(index))) as im:
+        try:
+            im = Image.open(io.BytesIO(self.read_bytes(index)))
+        except UnidentifiedImageError:  # its message names a memory address: not stable
+            raise UnidentifiedImageError(f"cannot identify image {self.ids[index]}") from None
+        with im:
             im.load()
             return to_rgb(im)
 
