@@ -3,7 +3,10 @@ merging of rank parts; exact combination of the streaming statistics."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import operator
 import os
 import subprocess
 import sys
@@ -207,7 +210,7 @@ def test_combined_chunks_equal_one_chunk(rows, cuts, k, seed, ties) -> None:
     cand = np.sort(rng.choice(1000, rows, replace=False)).astype(np.int64)
     bounds = sorted({0, rows, *[c for c in cuts if c < rows]})
     parts = [chunk_summary(s[a:b], norms[a:b], cand[a:b], k)
-             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+             for a, b in itertools.pairwise(bounds)]
     whole = combine_summaries([chunk_summary(s, norms, cand, k)], k)
     got = combine_summaries(parts, k)
     assert np.array_equal(got["top_norms"], whole["top_norms"])
@@ -222,7 +225,7 @@ def test_combined_chunks_equal_one_chunk(rows, cuts, k, seed, ties) -> None:
 def test_share_deals_every_chunk_once() -> None:
     pending = [0, 2, 3, 5, 8, 9, 11]
     shares = [Dist(rank=r, world=3).share(pending) for r in range(3)]
-    assert sorted(sum(shares, [])) == pending
+    assert sorted(functools.reduce(operator.iadd, shares, [])) == pending
     assert shares[0] == [0, 5, 11] and Dist().share(pending) == pending
     assert Dist(world=4, local_rank=2, rank=6).device("cuda") == "cuda:2"
     assert Dist().device("cuda") == "cuda" and Dist(world=2).device("cpu") == "cpu"
