@@ -89,10 +89,10 @@ def machine_rates(device: str, dtype: str = "float32") -> dict[str, float]:
     dt = getattr(torch, dtype)
     a = torch.randn(2048, 2048, device=device, dtype=dt)
     b = torch.randn(2048, 2048, device=device, dtype=dt)
-    t = _best(lambda: a @ b, device, 5)
+    t = _timed(lambda: a @ b, device, 5, warm=True)
     x = torch.empty(64 * 2**20, device=device)
     y = torch.empty_like(x)
-    c = _best(lambda: y.copy_(x), device, 5)
+    c = _timed(lambda: y.copy_(x), device, 5, warm=True)
     return {"gemm_flops": 2 * 2048**3 / t, "copy_bytes_per_s": 2 * x.numel() * 4 / c}
 
 
@@ -103,21 +103,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _best(fn: Callable[[], Any], device: str, n: int) -> float:
-    fn()
-    _sync(device)
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
+def _timed(fn: Callable[[], Any], device: str, n: int, warm: bool = False) -> float:
+    """Best of ``n`` timings (after one untimed call with ``warm``): on a shared machine
+    the least disturbed run is the closest to the cost itself."""
+    if warm:
         fn()
         _sync(device)
-        out.append(time.perf_counter() - t0)
-    return min(out)
-
-
-def _timed(fn: Callable[[], Any], device: str, n: int) -> float:
-    """Best of ``n`` timings (already warmed up): on a shared machine the least disturbed
-    run is the closest to the cost itself."""
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
