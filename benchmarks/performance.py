@@ -288,8 +288,12 @@ def _load_worker(shape: str, text: bool, checkpoint: str | None) -> dict[str, An
             "params_m": sum(p.numel() for p in (m.owner or m.visual).parameters()) / 1e6}
 
 
-def _run(args: list[str]) -> dict[str, Any] | str:
-    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+def _run(args: list[str], threads: int | None = None) -> dict[str, Any] | str:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         env=env)
     if res.returncode != 0:
         return "worker failed: " + (res.stderr.strip().splitlines() or ["killed"])[-1][:300]
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -317,6 +321,9 @@ def main() -> None:
                     help="bf16/fp16 against fp32 (meant for CUDA; slow on CPU)")
     ap.add_argument("--load", action="store_true", help="RSS of load_model with/without text")
     ap.add_argument("--quick", action="store_true", help="ViT-B-32 layer 10, batch 1 only")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per worker (1 on a machine other jobs share: OpenMP "
+                    "threads that wait for a busy core slow everything down)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--worker", nargs=3, metavar=("SHAPE", "LAYER", "BATCHES"))
     ap.add_argument("--load-worker", nargs=3, metavar=("SHAPE", "TEXT", "CHECKPOINT"))
@@ -343,7 +350,7 @@ def main() -> None:
                    "--worker", shape, str(layer), ",".join(map(str, batches))]
             if args.precision:
                 cmd.insert(0, "--precision")
-            res = _run(cmd)
+            res = _run(cmd, args.threads)
             if isinstance(res, str):
                 notes.append(f"{shape} layer {layer}: {res}")
                 print(notes[-1], file=sys.stderr)
@@ -366,7 +373,7 @@ def main() -> None:
             torch.save(open_clip.create_model("ViT-B-32").state_dict(), ckpt)
             for c in ("-", str(ckpt)):
                 for text in ("1", "0"):
-                    res = _run(["--load-worker", "ViT-B-32", text, c])
+                    res = _run(["--load-worker", "ViT-B-32", text, c], args.threads)
                     if isinstance(res, str):
                         notes.append(f"load ViT-B-32 text={text}: {res}")
                     else:
@@ -381,7 +388,7 @@ def main() -> None:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": args.threads or torch.get_num_threads(),
         "load_average_start": load1,
         "load_average_end": os.getloadavg()[0],
         "weights": "random",
