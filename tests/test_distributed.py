@@ -233,3 +233,18 @@ def test_share_deals_every_chunk_once() -> None:
 
 def test_chunk_files_named_like_shards() -> None:
     assert chunk_file(3) == "chunk-000003.npy"
+
+
+def test_rank_refuses_a_run_of_other_arguments(tmp_path: Path) -> None:
+    from solens.errors import RunMismatchError
+    from solens.store.distributed import RankWriter
+    from solens.store.run import read_manifest
+    from tests.helpers import tiny_model
+
+    model = tiny_model(dtype=torch.float32)
+    run = run_effects(model, "synth:balanced:3:0:32", [2], tmp_path / "run", progress=False)
+    identity = read_manifest(run.path).identity()
+    w = RankWriter.join(run.path, identity, 1)
+    assert w.has_static("anything") and w.rank == 1
+    with pytest.raises(RunMismatchError, match=r"rank 1: .* same arguments"):
+        RankWriter.join(run.path, {**identity, "layers": [1]}, 1)

@@ -287,13 +287,12 @@ def chunk_summary(
     ``n`` [], ``sum_s`` [N, P] float64, ``sum_norm`` / ``sum_norm2`` [N] float64,
     ``top_norms`` [N, k'] float32 and ``top_candidates`` [N, k'] int64, the k' = min(k, b)
     largest norms per neuron, ranked by (norm descending, candidate ascending)."""
-    s64 = np.asarray(s, dtype=np.float64)
     n64 = np.asarray(norms, dtype=np.float64)
     cand = np.broadcast_to(candidates[:, None], norms.shape)
     top_n, top_c = _top(np.asarray(norms, np.float32).T, np.ascontiguousarray(cand.T), k)
     return {
         "n": np.array(len(candidates), dtype=np.int64),
-        "sum_s": s64.sum(axis=0),
+        "sum_s": np.sum(s, axis=0, dtype=np.float64),  # no float64 copy of the chunk
         "sum_norm": n64.sum(axis=0),
         "sum_norm2": (n64 * n64).sum(axis=0),
         "top_norms": top_n,
