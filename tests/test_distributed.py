@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from solens.errors import InputError
 from solens.store import Run, run_effects
 from solens.store.arrays import save_json_atomic
 from solens.store.distributed import (
@@ -248,3 +249,8 @@ def test_rank_refuses_a_run_of_other_arguments(tmp_path: Path) -> None:
     assert w.has_static("anything") and w.rank == 1
     with pytest.raises(RunMismatchError, match=r"rank 1: .* same arguments"):
         RankWriter.join(run.path, {**identity, "layers": [1]}, 1)
+    summary = load_summary(run.path, 2)  # a one-process run has its statistics too
+    assert summary["n_images"] == 3 and summary["top_rows"].shape == (128, 3)
+    (run.path / layer_dir(2) / "summary" / "summary.json").unlink()
+    with pytest.raises(InputError, match="re-run `solens effects`"):
+        load_summary(run.path, 2)

@@ -10,6 +10,7 @@ The JSON documents of a run folder are typed in ``solens.store.protocol`` (``Man
 
 from solens.store.arrays import ChunkedArray
 from solens.store.compute import run_effects
+from solens.store.distributed import Dist, load_summary
 from solens.store.export import export_effects
 from solens.store.images import FolderImages, SynthImages, open_images
 from solens.store.protocol import DescriptionsDoc, ImagesRecord, Manifest, StatsMeta
@@ -19,6 +20,7 @@ from solens.store.shards import ShardImages, open_source
 __all__ = [
     "ChunkedArray",
     "DescriptionsDoc",
+    "Dist",
     "FolderImages",
     "ImagesRecord",
     "LayerView",
@@ -30,6 +32,7 @@ __all__ = [
     "StatsMeta",
     "SynthImages",
     "export_effects",
+    "load_summary",
     "open_images",
     "open_source",
     "run_effects",

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from solens import __version__
-from solens.errors import RunMismatchError, SolensError
+from solens.errors import InputError, RunMismatchError, SolensError
 from solens.store.arrays import save_json_atomic, save_npy_atomic, write_atomic
 from solens.store.protocol import ChunkRecord, ImagesRecord, SkippedRecord
-from solens.store.run import MANIFEST, RunWriter, chunk_file, layer_dir, now, read_manifest
+from solens.store.run import RunWriter, chunk_file, layer_dir, now, read_manifest
 
 PARTS = "parts"
 SUMMARY = "summary"
@@ -407,9 +407,10 @@ def load_summary(path: str | Path, layer: int) -> dict[str, Any]:
     folder = Path(path) / layer_dir(layer) / SUMMARY
     meta_file = folder / SUMMARY_META
     if not meta_file.is_file():
-        raise SolensError(
-            f"{Path(path)} has no streaming statistics for layer {layer}; "
-            f"run `solens effects` to finish it ({MANIFEST} lists its chunks)"
+        raise InputError(
+            f"run {Path(path)} has no streaming statistics of layer {layer} (it is "
+            "unfinished or not a run of this layer); re-run `solens effects` with the same "
+            "arguments to finish it"
         )
     meta: dict[str, Any] = json.loads(meta_file.read_text())
     for name in meta["arrays"]:
