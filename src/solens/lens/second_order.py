@@ -181,12 +181,20 @@ def directions(
 
 def effects(coeffs: LayerCoeffs, u: Tensor, convention: str = "exact") -> Tensor:
     """Materialised effects ``phi`` [B, N, d] from coefficients (``s`` [B, N, P]) and
-    directions ``u`` [N, P, d] of the same convention."""
+    directions ``u`` [N, P, d] of the same convention.
+
+    One batched product per neuron ([B, P] @ [P, d]) with the per-image scales folded into
+    ``s`` (and the official offset added by the same call): the result is a [B, N, d] view
+    of an [N, B, d] tensor (``.contiguous()`` copies it)."""
     check_convention(convention)
-    phi = torch.einsum("bnp,npd->bnd", coeffs.s, u) * coeffs.inv_sigma_post[:, None, None]
+    scale = coeffs.inv_sigma_post
     if convention == "official":
-        phi = (phi + coeffs.offset[:, None, :]) * coeffs.official_scale[:, None, None]
-    return phi
+        scale = scale * coeffs.official_scale
+    s = (coeffs.s * scale[:, None, None]).transpose(0, 1)  # [N, B, P]
+    if convention == "official":
+        bias = coeffs.offset * coeffs.official_scale[:, None]  # [B, d]
+        return torch.baddbmm(bias.unsqueeze(0), s, u).transpose(0, 1)
+    return torch.bmm(s, u).transpose(0, 1)
 
 
 def norms(coeffs: LayerCoeffs, gram: Tensor) -> Tensor:
