@@ -85,17 +85,17 @@ def floor_seconds(flops: float, nbytes: float, flop_rate: float, byte_rate: floa
 
 # --- machine -----------------------------------------------------------------------------------
 def machine_rates(device: str, dtype: str = "float32") -> dict[str, float]:
-    """Measured GEMM rate (FLOP/s, 2048^2 matmul) and memory bandwidth (bytes/s, copy of
-    256 MiB, read + write) of ``device``."""
+    """Measured GEMM rate (FLOP/s, best of 20 2048^2 matmuls) and memory bandwidth
+    (bytes/s, best of 10 copies of 256 MiB, read + write) of ``device``."""
     import torch
 
     dt = getattr(torch, dtype)
     a = torch.randn(2048, 2048, device=device, dtype=dt)
     b = torch.randn(2048, 2048, device=device, dtype=dt)
-    t = _timed(lambda: a @ b, device, 5)
+    t = _timed(lambda: a @ b, device, 20)
     x = torch.empty(64 * 2**20, device=device)
     y = torch.empty_like(x)
-    c = _timed(lambda: y.copy_(x), device, 5)
+    c = _timed(lambda: y.copy_(x), device, 10)
     return {"gemm_flops": 2 * 2048**3 / t, "copy_bytes_per_s": 2 * x.numel() * 4 / c}
 
 

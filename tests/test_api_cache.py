@@ -126,10 +126,11 @@ def test_cache_bound_evicts(monkeypatch: pytest.MonkeyPatch) -> None:
     cached_directions(model, 1)
     cached_directions(model, 0)
     assert calls == [(0, "exact"), (1, "exact"), (0, "exact")]
-    monkeypatch.setattr(so, "DIRECTIONS_CACHE_BYTES", 10)  # too big to keep: not stored
-    clear_directions_cache(model)
+    monkeypatch.setattr(so, "DIRECTIONS_CACHE_BYTES", 10)  # above the bound: only the newest
     cached_directions(model, 2)
-    assert so._cache_bytes() == 0
+    assert so._n_entries() == 1
+    cached_directions(model, 2)  # a loop over one layer still computes it once
+    assert calls == [(0, "exact"), (1, "exact"), (0, "exact"), (2, "exact")]
 
 
 # --- vision-only loading ----------------------------------------------------------------------
