@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"atlas"},
     {"demo"},
     {"commands"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 """Rooms (first component under ``solens``), lowest first. A room may import its own
 modules and rooms of lower layers, never higher ones."""

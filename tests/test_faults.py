@@ -153,10 +153,11 @@ def test_killed_at_random_writes_then_resumed_equals_an_uninterrupted_run(
         (out / ".manifest.json.abcd1234.tmp").write_text("{")  # a half-written manifest
         if (out / "manifest.json").exists():
             listed = {c.index for c in Run.open(out).manifest.chunks}
-            nxt = next(k for k in range(5) if k not in listed)
-            shard = out / "layer-01" / "s" / f"chunk-{nxt:06d}.npy"
-            shard.parent.mkdir(parents=True, exist_ok=True)
-            shard.write_bytes(b"\x93NUMPY")  # an unlisted, truncated shard
+            nxt = next((k for k in range(5) if k not in listed), None)
+            if nxt is not None:  # None: killed while the streaming statistics were written
+                shard = out / "layer-01" / "s" / f"chunk-{nxt:06d}.npy"
+                shard.parent.mkdir(parents=True, exist_ok=True)
+                shard.write_bytes(b"\x93NUMPY")  # an unlisted, truncated shard
         resumed = run_effects(model, folder, LAYERS, out, **KW)
         assert_same_run(resumed, reference)
 

@@ -74,7 +74,7 @@ from solens.store.arrays import (
     write_atomic,
 )
 from solens.store.compute import default_preprocess
-from solens.store.images import FolderImages, SynthImages
+from solens.store.images import ImageSource, SynthImages
 from solens.store.protocol import DescriptionsDoc
 from solens.store.run import Run, layer_dir, now
 
@@ -304,7 +304,7 @@ def _top_rows(doc: DescriptionsDoc, n_top: int) -> np.ndarray:
     return out
 
 
-def _load(source: FolderImages | SynthImages, candidates: Sequence[int],
+def _load(source: ImageSource, candidates: Sequence[int],
           preprocess: Callable[[Any], Tensor] | None) -> tuple[list[Image.Image], Tensor | None]:
     """Candidates as PIL images and (with ``preprocess``) the model's input [b, 3, S, S];
     rendered scenes are drawn once (as arrays) for both."""

@@ -24,8 +24,9 @@ def register(app: typer.Typer) -> None:
         images: str = typer.Option(
             ...,
             "--images",
-            metavar="FOLDER",
-            help="Image folder (recursive; sub-folders = labels) or synth:SPLIT:N[:SEED].",
+            metavar="SOURCE",
+            help="Image folder (recursive; sub-folders = labels), WebDataset .tar shards "
+            "(path, glob or brace pattern: 'shards/train-{000..099}.tar') or synth:SPLIT:N[:SEED].",
         ),
         out: Path = typer.Option(
             ..., "--out", metavar="RUN", help="Run folder (created, or resumed if it exists)."
@@ -79,6 +80,11 @@ def register(app: typer.Typer) -> None:
         same command resumes a killed run: chunks whose files are damaged, and chunks of
         images whose contents changed, are computed again (and named). Undecodable or too
         large images are skipped and listed in the manifest. Format: docs/run-format.md.
+
+        Distributed: torchrun --nproc-per-node 4 -m solens effects ... splits the chunks
+        across the processes (one GPU each, or CPU processes with gloo; several nodes through
+        torchrun's rendezvous, with the run folder on a shared file system); the run folder
+        is the same as a one-process run's (docs/performance.md).
         """
         from solens.models.catalog import check_model_name
 
@@ -87,13 +93,17 @@ def register(app: typer.Typer) -> None:
         from solens.models.loading import load_model, require_weights
         from solens.models.model import RANDOM_WEIGHTS, is_random
         from solens.store.compute import check_layers, run_effects
-        from solens.store.images import open_images
+        from solens.store.shards import open_source
 
         layer_list = int_list(layers, "--layers")
-        source = open_images(images)  # missing / empty folder: fails before loading the model
+        source = open_source(images)  # missing / empty folder: fails before loading the model
         require_weights(model, pretrained, checkpoint, cli=True)  # no silent random weights
-        dev = resolve_device(device)
-        m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu)
+        from solens.store.distributed import Dist
+
+        dist = Dist.from_env(resolve_device(device))  # torchrun: one rank of several
+        dev = dist.device(resolve_device(device))
+        m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu,
+                       text=False)  # effects need no text: the vision tower only
         check_layers(m, layer_list)
         run = run_effects(
             m,
@@ -102,9 +112,10 @@ def register(app: typer.Typer) -> None:
             out,
             batch_size=batch_size,
             chunk_size=chunk_size,
-            progress=progress,
+            progress=progress and dist.is_main,
             workers=workers,
             verify=verify,
+            dist=dist,
             extra={
                 "command": {
                     "model": model,
@@ -115,6 +126,9 @@ def register(app: typer.Typer) -> None:
                 }
             },
         )
+        dist.close()
+        if not dist.is_main:
+            return
         session = run.manifest.sessions[-1] if run.manifest.sessions else {}
         for r in session.get("repaired", []):
             where = "static array" if r["index"] is None else f"chunk {r['index']}"

@@ -2,6 +2,8 @@
 
 from solens.lens.second_order import (
     LayerCoeffs,
+    cached_directions,
+    clear_directions_cache,
     coefficients,
     directions,
     effects,
@@ -14,6 +16,8 @@ from solens.lens.second_order import (
 
 __all__ = [
     "LayerCoeffs",
+    "cached_directions",
+    "clear_directions_cache",
     "coefficients",
     "directions",
     "effects",

@@ -60,7 +60,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             for k in _JIT_EXTRA_KEYS:
                 sd.pop(k, None)
             return dict(sd)
-        sd = load_state_dict(path, device="cpu", weights_only=True)
+        sd = _load_mapped(path)
+        if sd is None:  # safetensors, or a legacy (non-zip) torch file
+            sd = load_state_dict(path, device="cpu", weights_only=True)
     except Exception as e:  # unreadable, unsafe pickle, truncated file, ...
         raise UnknownModelError(
             f"cannot read checkpoint {path}: {type(e).__name__}: {_first_line(e)}"
@@ -68,6 +70,21 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UnknownModelError(f"checkpoint {path} does not hold a state dict of tensors")
     return sd
+
+
+def _load_mapped(path: str) -> dict[str, torch.Tensor] | None:
+    """A zip-format ``torch.save`` state dict, memory-mapped (tensors are read from the page
+    cache as they are copied into a model, and parts not loaded are never read: a vision
+    tower loads without the text tower's bytes entering RSS); ``{"state_dict": ...}``
+    unwrapped, ``module.`` prefixes stripped as open_clip does. None for other files."""
+    if path.endswith(".safetensors") or not zipfile.is_zipfile(path):
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        ckpt = ckpt["state_dict"]
+    if isinstance(ckpt, dict) and ckpt and next(iter(ckpt)).startswith("module"):
+        ckpt = {k[7:]: v for k, v in ckpt.items()}
+    return ckpt if isinstance(ckpt, dict) else None
 
 
 def _first_line(e: BaseException) -> str:

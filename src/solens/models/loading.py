@@ -71,6 +71,17 @@ def _quiet() -> Iterator[None]:
         root.removeFilter(f)
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc ``malloc_trim``;
+    nothing elsewhere), so that RSS drops after a large model part is dropped."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _network_error(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     needles = ("connect", "offline", "cached files", "local cache", "max retries", "timed out")
@@ -117,6 +128,7 @@ def _finish(
     device: str | torch.device,
     extra: dict[str, Any],
     with_text: bool = True,
+    text: bool = True,
 ) -> Model:
     model = Model.from_open_clip(
         clip_model, preprocess, tokenizer, name=name, pretrained=pretrained, source="open_clip"
@@ -124,6 +136,10 @@ def _finish(
     if not with_text:
         model.text = None
     model.info = dataclasses.replace(model.info, extra={**model.info.extra, **extra})
+    if not text:  # keep the vision tower only: the rest of the CLIP model is freed
+        model = Model(model.visual, None, preprocess, model.info)
+        del clip_model
+        release_memory()
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as e:  # e.g. "cuda" on a machine without CUDA
@@ -159,7 +175,9 @@ def _load_tiny(
     return model
 
 
-def _load_schema(name: str, device: str | torch.device, quick_gelu: bool | None) -> Model:
+def _load_schema(
+    name: str, device: str | torch.device, quick_gelu: bool | None, text: bool = True
+) -> Model:
     """``hf-hub:org/repo`` (from the hub cache when offline) or ``local-dir:/path``
     (resolved by ``solens.models.hub.resolve_schema``)."""
     import open_clip
@@ -187,6 +205,7 @@ def _load_schema(name: str, device: str | torch.device, quick_gelu: bool | None)
         pretrained=label,
         device=device,
         extra=extra,
+        text=text,
     )
 
 
@@ -203,8 +222,10 @@ def _load_hf(
     device: str | torch.device,
     quick_gelu: bool | None,
     allow_download: bool,
+    text: bool = True,
 ) -> Model:
-    """``hf:ORG/NAME``, ``hf:FOLDER`` or ``checkpoint=FOLDER`` (``solens.models.hf``)."""
+    """``hf:ORG/NAME``, ``hf:FOLDER`` or ``checkpoint=FOLDER`` (``solens.models.hf``);
+    ``text=False`` drops the text tower after loading."""
     if pretrained is not None:
         raise UnknownModelError(
             f"{name or checkpoint} carries its own weights: drop --pretrained (Python: pretrained=)"
@@ -220,6 +241,9 @@ def _load_hf(
             f"or {HF_PREFIX}FOLDER"
         )
     model = load_hf(spec, quick_gelu=quick_gelu, allow_download=allow_download)
+    if not text:  # the checkpoint is read whole; the text tower is then freed
+        model = Model(model.visual, None, model.preprocess, model.info)
+        release_memory()
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as e:  # e.g. "cuda" on a machine without CUDA
@@ -252,6 +276,7 @@ def load_model(
     device: str | torch.device = "cpu",
     quick_gelu: bool | None = None,
     allow_download: bool = False,
+    text: bool = True,
 ) -> Model:
     """Load a CLIP model as a solens ``Model`` (eval mode, float32, on ``device``).
 
@@ -280,13 +305,20 @@ def load_model(
     QuickGELU follows the weights (tag metadata, "-quickgelu" configs, OpenAI TorchScript
     archives use it); ``quick_gelu=`` overrides. ``info.extra`` records where the weights
     came from.
+
+    ``text=False`` keeps the vision tower only (no text encoder: ``model.text`` is None):
+    only its weights are loaded and the rest of the CLIP model is freed, for jobs that need
+    no text (``solens effects``). Its identity, weights hash and preprocessing equal the
+    full model's, so runs made either way are the same run. (solens-tiny is small and
+    always loads whole; a transformers checkpoint, ``hf:``, is read whole and its text
+    tower freed after loading, so only the resident memory, not the load time, shrinks.)
     """
     if is_hf_name(name) or (
         name is None and checkpoint is not None and Path(checkpoint).expanduser().is_dir()
     ):
         return _load_hf(
             name, pretrained, checkpoint, device=device, quick_gelu=quick_gelu,
-            allow_download=allow_download,
+            allow_download=allow_download, text=text,
         )
     if name is None:
         raise UnknownModelError(
@@ -307,7 +339,7 @@ def load_model(
                 f"{name} carries its own weights: drop --pretrained/--checkpoint "
                 "(Python: pretrained=/checkpoint=)"
             )
-        return _load_schema(name, device, quick_gelu)
+        return _load_schema(name, device, quick_gelu, text)
     name = name.replace("/", "-")
     random = pretrained is not None and pretrained.lower() == RANDOM
     if (
@@ -377,7 +409,11 @@ def load_model(
     with_text = True
     if weights_file is not None:
         what = f"checkpoint {weights_file}" if checkpoint is not None else f"{name} {label!r}"
-        with_text = load_weights(clip_model, read_state_dict(weights_file), what)
+        sd = read_state_dict(weights_file)
+        if not text:  # the vision tower's weights only (loaded into clip_model.visual)
+            sd = {k: v for k, v in sd.items() if k.startswith("visual.")} or sd
+        with_text = load_weights(clip_model, sd, what)
+        del sd
     return _finish(
         clip_model,
         preprocess,
@@ -387,4 +423,5 @@ def load_model(
         device=device,
         extra=extra,
         with_text=with_text,
+        text=text,
     )

@@ -10,14 +10,17 @@ The JSON documents of a run folder are typed in ``solens.store.protocol`` (``Man
 
 from solens.store.arrays import ChunkedArray
 from solens.store.compute import run_effects
+from solens.store.distributed import Dist, load_summary
 from solens.store.export import export_effects
 from solens.store.images import FolderImages, SynthImages, open_images
 from solens.store.protocol import DescriptionsDoc, ImagesRecord, Manifest, StatsMeta
 from solens.store.run import LayerView, Run, RunChunk, RunWriter
+from solens.store.shards import ShardImages, open_source
 
 __all__ = [
     "ChunkedArray",
     "DescriptionsDoc",
+    "Dist",
     "FolderImages",
     "ImagesRecord",
     "LayerView",
@@ -25,9 +28,12 @@ __all__ = [
     "Run",
     "RunChunk",
     "RunWriter",
+    "ShardImages",
     "StatsMeta",
     "SynthImages",
     "export_effects",
+    "load_summary",
     "open_images",
+    "open_source",
     "run_effects",
 ]

@@ -33,9 +33,11 @@ from solens.lens.second_order import (
     trace_names,
 )
 from solens.models.model import LOCATION_KEYS, Model
-from solens.store.images import FolderImages, SynthImages, images_record, iter_batches, open_images
+from solens.store.distributed import Dist, merge_parts, open_writer, write_summaries
+from solens.store.images import FolderImages, SynthImages, images_record, iter_batches
 from solens.store.protocol import ArraySpec, ImagesRecord, Manifest
 from solens.store.run import FORMAT_VERSION, IMAGES, MANIFEST, Run, RunWriter, layer_dir, now
+from solens.store.shards import ShardImages, open_source
 
 CHUNK_TARGET_BYTES = 128 * 2**20
 """Default chunk: about this many bytes of per-image arrays (all layers)."""
@@ -109,7 +111,7 @@ def _existing_images(out: Path) -> dict[str, Any] | None:
 @torch.no_grad()
 def run_effects(
     model: Model,
-    images: FolderImages | SynthImages | str | Path,
+    images: FolderImages | SynthImages | ShardImages | str | Path,
     layers: Sequence[int],
     out: str | Path,
     *,
@@ -120,6 +122,7 @@ def run_effects(
     extra: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
     verify: str = "full",
+    dist: Dist | None = None,
 ) -> Run:
     """Compute (or resume) the run folder ``out`` for ``layers`` over ``images``.
 
@@ -127,7 +130,7 @@ def run_effects(
     ``offset`` [d] and ``norms`` [N] (``layer_arrays``), and per layer the directions
     [N, P, d] of both conventions (format: ``docs/run-format.md``).
 
-    ``images``: a dataset or a spec for ``open_images``. ``chunk_size`` defaults to the
+    ``images``: a dataset or a spec for ``open_source``. ``chunk_size`` defaults to the
     existing run's, else about 128 MiB of rows. ``extra`` is recorded in the manifest
     (not compared on resume). ``on_chunk(k)`` runs after chunk ``k`` is on disk (tests).
 
@@ -138,15 +141,26 @@ def run_effects(
     ``RunMismatchError`` when ``out`` holds a different run, ``StorageError`` when the
     folder cannot be written (the run stays resumable) and ``InputError`` when no image
     could be decoded.
+
+    ``dist``: this process's rank in a distributed run (``solens.store.distributed``):
+    rank 0 hashes the images, holds the run's lock, checks and repairs it; every rank
+    computes its share of the pending chunks.
     """
     t_setup = time.perf_counter()
+    dist = dist or Dist()
     if batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
     layers = check_layers(model, layers)
-    source = open_images(images) if isinstance(images, (str, Path)) else images
+    source = open_source(images) if isinstance(images, (str, Path)) else images
     out = Path(out)
-    if isinstance(source, FolderImages):
-        source.files(known=_existing_images(out), progress=progress)
+    if isinstance(source, (FolderImages, ShardImages)):
+        # rank 0 hashes the images (reusing images.json for unchanged ones); other ranks
+        # take its record (their stat() of unchanged files matches it: nothing is re-read)
+        src = source
+        known = dist.from_main(lambda: {"paths": list(src.ids), **src.files(
+            known=_existing_images(out), progress=progress)})  # fmt: skip
+        if not dist.is_main:
+            source.files(known=known)
     arrays = layer_arrays(model, layers)
     if chunk_size is None:
         chunk_size = _existing_chunk_size(out) or default_chunk_size(arrays, batch_size)
@@ -170,8 +184,10 @@ def run_effects(
         "heads": {str(l): (model.info.n_layers - l - 1) * model.info.n_heads for l in layers},
         **(extra or {}),
     }
-    with RunWriter.open(out, identity, images_record(source), header, verify=verify) as writer:
-        pending = writer.pending()
+    with open_writer(out, identity, images_record(source), header, dist, verify) as writer:
+        # rank 0's list: a rank that read the manifest later might see chunks written since
+        todo = dist.broadcast(writer.pending())
+        pending = dist.share(todo)  # this rank's chunks
         t0 = time.perf_counter()
         grams = _directions(model, layers, writer, need_grams=bool(pending))
         t_dirs = time.perf_counter() - t0
@@ -183,8 +199,9 @@ def run_effects(
             "torch": torch.__version__,
             "host": platform.node(),
             "batch_size": batch_size,
-            "chunks": len(pending),
-            "candidates": sum(len(range(*writer.chunk_range(k))) for k in pending),
+            "chunks": len(todo),
+            "candidates": sum(len(range(*writer.chunk_range(k))) for k in todo),
+            "world_size": dist.world,
         }
         if writer.repaired:
             session["repaired"] = writer.repaired
@@ -193,7 +210,11 @@ def run_effects(
         writer.update(sessions=[*writer.manifest.sessions, session])
         t1 = time.perf_counter()
         _compute(model, source, layers, writer, pending, grams, arrays, batch_size, preprocess,
-                 progress, workers, on_chunk)  # fmt: skip
+                 progress and dist.is_main, workers, on_chunk)  # fmt: skip
+        dist.barrier()  # every rank's chunks are on disk
+        if dist.is_main:
+            merge_parts(writer)
+            write_summaries(writer)
         seconds = time.perf_counter() - t1
         session.update(
             finished=now(),
@@ -208,6 +229,9 @@ def run_effects(
             images_per_s=round(writer.n_candidates / chunk_s, 2) if chunk_s > 0 else None,
         )
         n_images = writer.manifest.n_images
+    dist.barrier()  # rank 0 has finished the manifest
+    if not dist.is_main:
+        n_images = Run.open(out).n_images
     if n_images == 0 and writer.n_candidates > 0:
         skipped = writer.manifest.skipped
         first = f"first: {skipped[0].path}: {skipped[0].reason}; " if skipped else ""

@@ -175,17 +175,8 @@ class FolderImages:
             except OSError as e:
                 raise InputError(f"image {self.root / i} cannot be read: "
                                  f"{e.strerror or e}") from None
-        old: dict[str, tuple[int, int, str]] = {}
-        if known is not None and known.get("sha256") is not None:
-            old = {
-                p: (int(sz), int(mt), str(h))
-                for p, sz, mt, h in zip(known["paths"], known["size"], known["mtime_ns"],
-                                        known["sha256"], strict=True)
-            }  # fmt: skip
-        sha: list[str | None] = []
-        for i, st in zip(self.ids, stats, strict=True):
-            o = old.get(i)
-            sha.append(o[2] if o is not None and o[:2] == (st.st_size, st.st_mtime_ns) else None)
+        sha = known_digests(self.ids, [st.st_size for st in stats],
+                            [st.st_mtime_ns for st in stats], known)  # fmt: skip
         todo = [j for j, h in enumerate(sha) if h is None]
         if todo:
             from tqdm.auto import tqdm
@@ -235,6 +226,27 @@ class FolderImages:
             "fingerprint": self.fingerprint(),
             "fingerprint_of": FOLDER_FINGERPRINT_OF,
         }
+
+
+def known_digests(
+    ids: Sequence[str], sizes: Sequence[int], mtimes: Sequence[int],
+    known: Mapping[str, Any] | None,
+) -> list[str | None]:
+    """Per candidate the sha256 of ``known`` (an ``images.json`` record: ``paths``,
+    ``size``, ``mtime_ns``, ``sha256``) when its size and mtime are unchanged, else None
+    (to be read)."""
+    old: dict[str, tuple[int, int, str]] = {}
+    if known is not None and known.get("sha256") is not None:
+        old = {
+            p: (int(sz), int(mt), str(h))
+            for p, sz, mt, h in zip(known["paths"], known["size"], known["mtime_ns"],
+                                    known["sha256"], strict=True)
+        }  # fmt: skip
+    out: list[str | None] = []
+    for i, sz, mt in zip(ids, sizes, mtimes, strict=True):
+        o = old.get(i)
+        out.append(o[2] if o is not None and o[:2] == (int(sz), int(mt)) else None)
+    return out
 
 
 FOLDER_FINGERPRINT_OF = "relative paths and file contents (sha256)"
@@ -339,10 +351,11 @@ def open_images(spec: str | Path) -> FolderImages | SynthImages:
     return FolderImages.scan(s)
 
 
-def images_record(source: FolderImages | SynthImages) -> dict[str, Any]:
+def images_record(source: ImageSource) -> dict[str, Any]:
     """What ``RUN/images.json`` stores (``ImagesRecord.to_dict()``): root, candidate ids
     [n], labels [n] or None, classes; for a folder also ``sha256``, ``size``, ``mtime_ns``
-    [n] (``FolderImages.files``)."""
+    [n] (``FolderImages.files``), for tar shards the same of each image member
+    (``ShardImages.files``)."""
     root = str(source.root.resolve()) if isinstance(source, FolderImages) else None
     out: dict[str, Any] = {
         "root": root,
@@ -350,8 +363,9 @@ def images_record(source: FolderImages | SynthImages) -> dict[str, Any]:
         "labels": None if source.labels is None else list(source.labels),
         "classes": _classes(source.labels),
     }
-    if isinstance(source, FolderImages):
-        out.update(source.files())
+    files = getattr(source, "files", None)  # folders and tar shards: content records
+    if callable(files):
+        out.update(files())
     return out
 
 

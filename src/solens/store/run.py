@@ -45,6 +45,7 @@ from solens.store.protocol import (
     SkippedRecord,
     identity_hash,
 )
+from solens.store.shards import ShardImages, reopen_shards
 
 if TYPE_CHECKING:
     import torch
@@ -116,6 +117,9 @@ RESUME_HINT = (
 LOCK_STALE_S = float(os.environ.get("SOLENS_LOCK_STALE_S", "900"))
 """A lock record of another host whose heartbeat (the lock file's mtime, touched at every
 manifest write) is older than this many seconds is stale."""
+CONTENT_KINDS = ("folder", "shards")
+"""Dataset kinds whose ``images.json`` records every image's sha256: a resume with some
+images changed keeps the chunks of the others."""
 CHECK_WORKERS = 4
 """Threads that verify shard checksums."""
 
@@ -132,9 +136,9 @@ class RunWriter:
 
     On resume the listed chunks are checked (``verify``: ``"full"`` sizes, headers and
     sha256 checksums, ``"size"`` without the checksums): damaged ones are dropped from the
-    manifest (``repaired`` lists them) and computed again. A folder dataset whose files
-    changed content keeps the chunks of the unchanged ones (``changed`` lists the others;
-    the run gets a new ``run_id``).
+    manifest (``repaired`` lists them) and computed again. A folder or tar-shard dataset
+    (``CONTENT_KINDS``) whose images changed content keeps the chunks of the unchanged
+    ones (``changed`` lists the others; the run gets a new ``run_id``).
     """
 
     def __init__(self, path: Path, manifest: Manifest, lock_fd: int) -> None:
@@ -195,6 +199,7 @@ class RunWriter:
             if mpath.exists():
                 manifest = read_manifest(path)
                 writer = cls(path, manifest, lock_fd)
+                writer._adopt()
                 writer._reconcile(identity, record)
                 writer._check_chunks(verify)
                 manifest.resumed = [*manifest.resumed, now()]
@@ -226,10 +231,15 @@ class RunWriter:
         writer.stale_lock = stale
         return writer
 
+    def _adopt(self) -> None:
+        """On resume, before the identity check and the chunk check: take in records that
+        other processes left outside the manifest (``SummaryWriter``: a distributed run's
+        part files); nothing here."""
+
     def _reconcile(self, identity: Mapping[str, Any], record: ImagesRecord) -> None:
         """Compare the requested identity with the stored one (``RunMismatchError`` naming
-        the first difference). A folder whose candidates are the same files but some with
-        new contents is accepted: the chunks holding changed files are dropped (to be
+        the first difference). A folder or tar shards whose candidates are the same images
+        but some with new contents is accepted: the chunks holding changed files are dropped (to be
         computed again), ``images.json`` and the dataset fingerprint are updated and the
         run gets the ``run_id`` of its new identity."""
         m, path = self.manifest, self.path
@@ -243,7 +253,7 @@ class RunWriter:
             )
         old_ds, new_ds = existing["dataset"], identity["dataset"]
         changed: list[int] = []
-        if old_ds != new_ds and old_ds.get("kind") == new_ds.get("kind") == "folder":
+        if old_ds != new_ds and old_ds.get("kind") == new_ds.get("kind") in CONTENT_KINDS:
             changed = self._changed_files(record)
         for k in IDENTITY_KEYS:
             if k == "dataset" and changed:
@@ -275,7 +285,7 @@ class RunWriter:
             parts = [f"{len(x)} {what} ({_few(x)})" for x, what in
                      ((new, "new"), (gone, "missing")) if x]  # fmt: skip
             raise RunMismatchError(
-                f"dataset: the image folder differs from that of run {self.path}: "
+                f"dataset: the images differ from those of run {self.path}: "
                 f"{', '.join(parts) or 'another order'}; use another --out"
             )
         if old.sha256 is None or record.sha256 is None:
@@ -779,7 +789,7 @@ class Run:
             [idx.get(lab, -1) if lab is not None else -1 for lab in labels], dtype=np.int64
         )
 
-    def images(self, verify: bool = True) -> FolderImages | SynthImages:
+    def images(self, verify: bool = True) -> FolderImages | SynthImages | ShardImages:
         """The run's dataset, rebuilt from the manifest's ``dataset`` and ``images.json``:
         the same candidates in the same order (rows -> candidates: ``row_candidates``).
 
@@ -819,6 +829,8 @@ class Run:
             if scenes.ids != rec.paths:
                 raise InputError(f"{self.path / IMAGES} does not list the scenes of {spec!r}")
             return scenes
+        if kind == "shards":
+            return reopen_shards(ds, rec, self.path, verify)
         raise InputError(f"run {self.path} has a dataset of unknown kind {kind!r}")
 
     def load_model(self, device: str | torch.device = "cpu") -> Model:
