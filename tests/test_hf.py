@@ -131,6 +131,18 @@ def test_info_fields(qg_folder) -> None:
     assert not over.info.quick_gelu and over.info.extra["quick_gelu_from"] == "user"
 
 
+def test_vision_only_load_equals_the_full_model(qg_folder) -> None:
+    """``text=False`` on a transformers checkpoint: no text tower, the same identity,
+    vision weights hash and image features as the full model."""
+    _, folder = qg_folder
+    full = load_model(f"hf:{folder}")
+    vis = load_model(f"hf:{folder}", text=False)
+    assert vis.text is None and full.text is not None
+    assert vis.identity() == full.identity() and vis.weights_sha256 == full.weights_sha256
+    x = _pixels()
+    torch.testing.assert_close(vis.encode_image(x), full.encode_image(x), rtol=0, atol=0)
+
+
 def test_convert_state_dict_layout(qg_folder) -> None:
     clip, _ = qg_folder
     sd = clip.state_dict()

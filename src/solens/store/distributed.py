@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -171,8 +172,8 @@ class SummaryWriter(RunWriter):
         for layer in self.manifest.layers:
             ld = layer_dir(layer)
             part = chunk_summary(arrays[f"{ld}/s"], arrays[f"{ld}/norms"], cand)
-            write_atomic(self.path / ld / SUMMARY / _npz(index),
-                         lambda f, p=part: np.savez(f, **p))  # fmt: skip
+            self._write(partial(write_atomic, self.path / ld / SUMMARY / _npz(index),
+                                partial(_savez, part=part)))  # fmt: skip
         super().write_chunk(index, arrays, skipped, seconds)
 
 
@@ -230,16 +231,20 @@ class RankWriter(SummaryWriter):
         m = self.manifest
         chunks = [c for c in m.chunks if c.index in own]
         ranges = [(c.start, c.stop) for c in chunks]
-        save_json_atomic(part_file(self.path, self.rank), {
+        self._write(partial(save_json_atomic, part_file(self.path, self.rank), {
             "run_id": m.run_id,
             "rank": self.rank,
             "updated": now(),
             "chunks": [c.to_dict() for c in chunks],
             "skipped": [s.to_dict() for s in m.skipped
                         if any(a <= s.index < b for a, b in ranges)],
-        })  # fmt: skip
+        }))  # fmt: skip
         with contextlib.suppress(OSError):  # heartbeat only: rank 0 owns the lock record
             os.utime(self.path / LOCK)
+
+
+def _savez(f: Any, part: Mapping[str, Any]) -> None:
+    np.savez(f, **part)
 
 
 def part_file(path: Path, rank: int) -> Path:
@@ -416,8 +421,8 @@ def write_summaries(
         out["top_rows"] = rows.reshape(out["top_candidates"].shape)
         arrays = {k: v for k, v in out.items() if k != "n"}
         for name, a in arrays.items():
-            save_npy_atomic(folder / f"{name}.npy", a)
-        save_json_atomic(folder / SUMMARY_META, {
+            writer._write(partial(save_npy_atomic, folder / f"{name}.npy", a))
+        writer._write(partial(save_json_atomic, folder / SUMMARY_META, {
             "format": "solens-summary",
             "version": 1,
             "layer": layer,
@@ -429,7 +434,7 @@ def write_summaries(
             "created": now(),
             "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                        for k, v in arrays.items()},
-        })  # fmt: skip
+        }))  # fmt: skip
 
 
 def _part_from_shards(path: Path, layer: int, c: ChunkRecord) -> dict[str, np.ndarray]:
