@@ -23,7 +23,6 @@ lists the pairs done.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -37,7 +36,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from solens import __version__
 from solens.attack.generators import Generated, Generator, SceneGenerator
 from solens.attack.mining import (
     METHODS,
@@ -67,6 +65,7 @@ from solens.store.arrays import save_json_atomic, save_npy_atomic, save_text_ato
 from solens.store.compute import default_preprocess
 from solens.store.images import pixels
 from solens.store.protocol import DescriptionsDoc
+from solens.store.results import open_results, settings_digest
 from solens.store.run import Run, layer_dir
 from solens.synth.spurious import SPURIOUS
 from solens.synth.world import BACKGROUNDS, CLASSES, COLOURS, PATTERNS, concept
@@ -103,7 +102,7 @@ class AttackSettings:
     reliance_images: int
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return settings_digest(self)
 
 
 # --- classes -------------------------------------------------------------------------------
@@ -359,23 +358,8 @@ def pair_folder(run: Run, c1: str, c2: str) -> Path:
 
 
 def _open_folder(out: Path, settings: AttackSettings, restart: bool) -> None:
-    manifest = out / "manifest.json"
-    record = {"format": FORMAT, "version": VERSION, "solens_version": __version__,
-              "digest": settings.digest(), "settings": asdict(settings)}
-    if manifest.exists() and not restart:
-        try:
-            old = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("digest") == settings.digest():
-            return
-        raise InputError(f"{out} holds an attack of other settings; pass --restart to "
-                         "replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("parts", "images"):
-        for p in (out / sub).glob("*"):
-            p.unlink()
-    save_json_atomic(manifest, record)
+    open_results(out, FORMAT, VERSION, settings, restart=restart, what="an attack",
+                 stale=["parts/*", "images/*"])
 
 
 def described_pool(run: Run, layers: Sequence[int], pool: str | None) -> str:

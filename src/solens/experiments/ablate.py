@@ -26,7 +26,6 @@ done: a killed run resumes at the first unfinished layer), with a table and two 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +38,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from solens import __version__
 from solens.describe.describe import DESCRIPTIONS_DIR, load_descriptions
 from solens.describe.omp import omp, prepare_dictionary
 from solens.describe.pools import BUILTIN_POOLS, embed_pool, load_pool
@@ -67,6 +65,7 @@ from solens.store.arrays import save_json_atomic, save_text_atomic, write_atomic
 from solens.store.compute import default_preprocess
 from solens.store.images import ImageSource, class_indices, open_images, pixels
 from solens.store.protocol import DescriptionsDoc
+from solens.store.results import open_results, settings_digest
 from solens.store.run import Run, layer_dir
 
 ABLATE_DIR = "ablate"
@@ -92,7 +91,7 @@ class AblateSettings:
     seed: int
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return settings_digest(self)
 
 
 @dataclass
@@ -418,30 +417,17 @@ def ablate_run(
 
 def _open_folder(out: Path, settings: AblateSettings, restart: bool) -> dict[int, LayerResult]:
     """Create ``RUN/ablate`` or resume it: the finished layers of the same settings."""
-    manifest = out / "manifest.json"
-    record = {"format": FORMAT, "version": VERSION, "solens_version": __version__,
-              "digest": settings.digest(), "settings": asdict(settings)}
-    if manifest.exists() and not restart:
-        try:
-            old = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("digest") != settings.digest():
-            raise InputError(f"{out} holds ablations of other settings; pass --restart to "
-                             "replace them")
-        done = {}
-        for p in out.glob("layer-*.json"):
-            try:
-                r = LayerResult.from_dict(json.loads(p.read_text()))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # a damaged layer file: redone
-            done[r.layer] = r
-        return done
-    out.mkdir(parents=True, exist_ok=True)
+    if not open_results(out, FORMAT, VERSION, settings, restart=restart,
+                        what="ablations", stale=["layer-*.json"]):
+        return {}
+    done = {}
     for p in out.glob("layer-*.json"):
-        p.unlink()
-    save_json_atomic(manifest, record)
-    return {}
+        try:
+            r = LayerResult.from_dict(json.loads(p.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged layer file: redone
+        done[r.layer] = r
+    return done
 
 
 # --- outputs -----------------------------------------------------------------------------

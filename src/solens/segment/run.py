@@ -14,7 +14,6 @@ run resumes at the first missing part when the settings are the same.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -28,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from solens import __version__
 from solens.describe.describe import DESCRIPTIONS_DIR
 from solens.describe.stats import stats_for
 from solens.errors import InputError
@@ -58,6 +56,7 @@ from solens.segment.readers import FolderMasks, MaskedImages, MatMasks, SynthMas
 from solens.store.arrays import save_json_atomic, save_text_atomic, write_atomic
 from solens.store.compute import default_preprocess
 from solens.store.protocol import DescriptionsDoc
+from solens.store.results import open_results, settings_digest
 from solens.store.run import Run
 
 SEGMENT_DIR = "segment"
@@ -112,7 +111,7 @@ class SegmentSettings:
     n_overlays: int
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return settings_digest(self)
 
 
 @dataclass
@@ -229,33 +228,21 @@ def _classifier(source: MaskedImages, classes_file: str | Path | None) -> Classi
 
 def _open_folder(out: Path, settings: SegmentSettings, restart: bool) -> dict[int, dict[str, Any]]:
     """Create ``RUN/segment`` or resume it: the finished parts of the same settings."""
-    manifest = out / "manifest.json"
-    record = {"format": FORMAT, "version": VERSION, "solens_version": __version__,
-              "digest": settings.digest(), "settings": asdict(settings)}
     parts = out / "parts"
-    if manifest.exists() and not restart:
-        try:
-            old = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("digest") != settings.digest():
-            raise InputError(f"{out} holds segmentation results of other settings; pass "
-                             "--restart to replace them")
-        done: dict[int, dict[str, Any]] = {}
-        for p in parts.glob("part-*.json"):
-            try:
-                d = json.loads(p.read_text())
-                done[int(d["start"])] = d
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-        return done
+    resumed = open_results(out, FORMAT, VERSION, settings, restart=restart,
+                           what="segmentation results",
+                           stale=["parts/part-*.json", "overlays/*.png"])
     parts.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        return {}
+    done: dict[int, dict[str, Any]] = {}
     for p in parts.glob("part-*.json"):
-        p.unlink()
-    for p in (out / "overlays").glob("*.png"):
-        p.unlink()
-    save_json_atomic(manifest, record)
-    return {}
+        try:
+            d = json.loads(p.read_text())
+            done[int(d["start"])] = d
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return done
 
 
 def _load(source: MaskedImages, preprocess: Any, idx: list[int], size: int
