@@ -159,6 +159,9 @@ def test_demo_writes_summary_report_and_descriptions(tmp_path, capsys, monkeypat
     # solens segment's section: the checked contract of summary.json["segment"]
     sg = summary["segment"]
     assert sg["split"] == "balanced" and sg["n_images"] == 12
+    assert set(sg) == {"split", "n_images", "second_order", "second_order_signed",
+                       "raw_attention", "rollout", "chefer", "textspan", "gradcam",
+                       "random_neurons"}
     for m in ("second_order", "second_order_signed", "raw_attention", "rollout", "chefer",
               "textspan", "gradcam", "random_neurons"):
         assert set(sg[m]) == {"pixel_acc", "miou", "map"}

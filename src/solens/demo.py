@@ -184,7 +184,7 @@ def _report(summary: dict[str, Any]) -> str:
     if d:
         lines += _describe_section(d, ri)
     lines += _ablate_section(summary.get("ablate"))
-    lines += segment_report(summary.get("segment"))
+    lines += segment_report(summary.get("segment"), summary.get("segment_detail"))
     lines += attack_report_lines(summary.get("attack"), summary.get("discover"),
                                  summary.get("attack_detail"))
     if summary.get("atlas"):
@@ -437,7 +437,8 @@ def run_demo(
                              "folder": str(Path("run") / "ablate")}
         done()
         done = step("segmentation", f" ({segment_n} other scenes)")
-        summary["segment"] = segment_section(run, model, segment_n, progress=progress)
+        summary["segment"], summary["segment_detail"] = segment_section(
+            run, model, segment_n, progress=progress)
         done()
         done = step("attack and discovery", f" ({attack_n} scenes per method and repeat)")
         summary["attack"], summary["discover"], summary["attack_detail"] = attack_demo_section(

@@ -460,22 +460,27 @@ DEMO_SEED = 12348
 
 
 def demo_section(run: Run, model: Model, n: int = 100, split: str = "balanced",
-                 n_overlays: int = 4, progress: bool = False) -> dict[str, Any]:
+                 n_overlays: int = 4, progress: bool = False
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``solens segment`` on ``n`` scenes of ``split`` (seed ``DEMO_SEED``) with the
-    defaults: ``{"split", "n_images", "<method>": {"pixel_acc", "miou", "map"}, ...}`` plus
+    defaults. Returns ``(section, detail)``: ``section`` = ``{"split", "n_images",
+    "<method>": {"pixel_acc", "miou", "map"}, ...}`` (exactly these keys), ``detail`` =
     ``images`` (the spec), ``layers``, ``k`` and ``folder`` (relative to the demo folder)."""
     spec = f"synth:{split}:{n}:{DEMO_SEED}"
     res = segment_run(run, spec, model=model, n_overlays=n_overlays, restart=True,
                       progress=progress)
-    return {"split": split, "n_images": res.n_images, **res.table(), "images": spec,
-            "layers": res.settings.layers, "k": res.settings.k,
-            "folder": str(Path(run.path.name) / SEGMENT_DIR)}
+    section = {"split": split, "n_images": res.n_images, **res.table()}
+    detail = {"images": spec, "layers": res.settings.layers, "k": res.settings.k,
+              "folder": str(Path(run.path.name) / SEGMENT_DIR)}
+    return section, detail
 
 
-def report_lines(section: dict[str, Any] | None) -> list[str]:
+def report_lines(section: dict[str, Any] | None,
+                 detail: dict[str, Any] | None = None) -> list[str]:
     """The demo report's part for ``solens segment`` (docs/segment.md explains it)."""
     if not section:
         return []
+    section = {**section, **(detail or {})}
     lines = ["", "## Zero-shot segmentation (`solens segment`)", "",
              f"{section['n_images']} `{section['split']}` scenes (`{section.get('images')}`), "
              "exact masks of the primary object; target: the predicted class; second-order maps "
