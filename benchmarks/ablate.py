@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from solens.describe.describe import describe_run
+from _common import described_run, load_average
 from solens.experiments.ablate import ablate_run, reference_means
 from solens.experiments.ablation import layer_effects
 from solens.experiments.factorised import (
@@ -42,20 +42,13 @@ from solens.experiments.indirect import (
 )
 from solens.lens.second_order import coefficients, directions, gram, trace_names
 from solens.models.loading import load_model
-from solens.store import run_effects
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def tiny(work: Path, n_eval: int) -> dict:
     model = load_model("solens-tiny")
     t0 = time.perf_counter()
-    run = run_effects(model, "synth:balanced:1000:20261", range(model.info.n_layers - 1),
-                      work / "run", progress=False)
-    if not list((run.path / "descriptions").glob("world-layer-*.json")):
-        describe_run(run, "world", model=model, n_terms=10, k=100)
+    run = described_run(model, "synth:balanced:1000:20261", range(model.info.n_layers - 1),
+                        work / "run")
     t_ref = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = ablate_run(run, f"synth:balanced:{n_eval}:12345", model=model, restart=True,
@@ -119,7 +112,7 @@ def main() -> None:
     res: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "machine": f"{platform.processor() or platform.machine()}, "
                             f"{os.cpu_count()} cores", "torch_threads": torch.get_num_threads(),
-                 "load_before": _load()}
+                 "load_before": load_average()}
     if not a.skip_tiny:
         res["solens_tiny"] = tiny(Path(a.work), a.n_eval)
         t = res["solens_tiny"]
@@ -136,7 +129,7 @@ def main() -> None:
     for name, s in b["seconds"].items():
         per = "" if "once" in name or "PC1" in name else f"{1000 * s / b['images']:18.1f}"
         print(f"{name:58s} {s:8.3f} {per}")
-    res["load_after"] = _load()
+    res["load_after"] = load_average()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(f"\nwrote {a.out} (load average before {res['load_before']}, after "

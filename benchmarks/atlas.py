@@ -30,21 +30,9 @@ from pathlib import Path
 
 import torch
 
+from _common import described_run, load_average
 from solens.atlas.build import build_atlas
-from solens.describe.describe import describe_run
 from solens.models.loading import load_model
-from solens.store import run_effects
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def _described(model, spec: str, layers: list[int], folder: Path, k: int, terms: int):
-    run = run_effects(model, spec, layers, folder, progress=False)
-    if len(list((run.path / "descriptions").glob("world-layer-*.json"))) < len(layers):
-        describe_run(run, "world", model=model, n_terms=terms, k=k, progress=False)
-    return run
 
 
 def _atlas(run, out: Path, model, **kw) -> dict:
@@ -61,14 +49,14 @@ def _atlas(run, out: Path, model, **kw) -> dict:
 def b32(work: Path, layer: int, n: int) -> dict:
     torch.manual_seed(0)  # the same random weights each time: the run in --work is reused
     model = load_model("ViT-B-32", "random")
-    run = _described(model, f"synth:balanced:{n}:7:96", [layer], work / "b32-run", k=10,
+    run = described_run(model, f"synth:balanced:{n}:7:96", [layer], work / "b32-run", k=10,
                      terms=16)
     return {"layer": layer, "images": n, **_atlas(run, work / "b32-atlas", model)}
 
 
 def tiny(work: Path) -> dict:
     model = load_model("solens-tiny")
-    run = _described(model, "synth:balanced:1000:12345", list(range(model.info.n_layers - 1)),
+    run = described_run(model, "synth:balanced:1000:12345", list(range(model.info.n_layers - 1)),
                      work / "tiny-run", k=100, terms=10)
     return {"images": run.n_images,
             "default": _atlas(run, work / "tiny-atlas", model),
@@ -97,12 +85,12 @@ def main() -> None:
     res: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "machine": f"{platform.processor() or platform.machine()}, "
                             f"{os.cpu_count()} cores", "torch_threads": torch.get_num_threads(),
-                 "load_before": _load()}
+                 "load_before": load_average()}
     if not a.skip_b32:
         res["vit_b32"] = b32(work, a.b32_layer, a.b32_images)
     if not a.skip_tiny:
         res["solens_tiny"] = tiny(work)
-    res["load_after"] = _load()
+    res["load_after"] = load_average()
     print(f"{'atlas':34s} {'neurons':>7} {'wall s':>8} {'images':>8} {'pages':>7} {'MB':>8} "
           f"{'files':>7}  target")
     if "vit_b32" in res:

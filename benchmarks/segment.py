@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from solens.describe.describe import describe_run
+from _common import described_run, load_average
 from solens.lens.frozen import head_ov
 from solens.models.loading import load_model
 from solens.segment import baselines as B
@@ -47,29 +47,22 @@ from solens.segment.heatmaps import (
 )
 from solens.segment.metrics import Accumulator
 from solens.segment.run import METHODS, default_textspan_layers, random_masks, segment_run
-from solens.store import run_effects
 from solens.store.compute import default_preprocess
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def tiny(work: Path, n: int) -> dict:
     model = load_model("solens-tiny")
     t0 = time.perf_counter()
-    run = run_effects(model, "synth:balanced:1000:20261", range(model.info.n_layers - 1),
-                      work / "run", progress=False)
-    if not list((run.path / "descriptions").glob("world-layer-*.json")):
-        describe_run(run, "world", model=model, n_terms=10, k=100)
+    run = described_run(model, "synth:balanced:1000:20261", range(model.info.n_layers - 1),
+                        work / "run")
     t_ref = time.perf_counter() - t0
-    load0 = _load()
+    load0 = load_average()
     t0 = time.perf_counter()
     res = segment_run(run, f"synth:balanced:{n}:4242", model=model, restart=True,
                       progress=False)
     seconds = time.perf_counter() - t0
     return {"n_images": n, "seconds": round(seconds, 2), "target_s": 300,
-            "reference_run_s": round(t_ref, 2), "load_before": load0, "load_after": _load(),
+            "reference_run_s": round(t_ref, 2), "load_before": load0, "load_after": load_average(),
             "miou": {m: round(v["miou"], 4) for m, v in res.table().items()}}
 
 
@@ -159,7 +152,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                 "threads": torch.get_num_threads(), "load_start": _load()}
+                 "threads": torch.get_num_threads(), "load_start": load_average()}
     if not args.skip_tiny:
         args.work.mkdir(parents=True, exist_ok=True)
         out["tiny"] = tiny(args.work, args.n)
