@@ -19,10 +19,8 @@ Output: ``RUN/discover/discover.json`` (format ``solens-discover``), ``discover.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,6 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from solens import __version__
 from solens.attack.evaluate import described_pool, load_described_pool
 from solens.attack.mining import terms_of
 from solens.describe.describe import load_descriptions
@@ -48,6 +45,7 @@ from solens.models.model import Model
 from solens.store.arrays import save_json_atomic, save_text_atomic
 from solens.store.compute import default_preprocess
 from solens.store.images import SynthImages, parse_synth, pixels, to_rgb
+from solens.store.results import MANIFEST, manifest_record, settings_digest
 from solens.store.run import Run
 from solens.synth.world import CONCEPTS
 
@@ -164,7 +162,7 @@ class DiscoverSettings:
     n_words: int
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return settings_digest(self)
 
 
 @torch.no_grad()
@@ -250,9 +248,7 @@ def discover_images(
         out = run.path / DISCOVER_DIR
         settings = DiscoverSettings(run.run_id, source.describe(), pool_name, layers, int(k),
                                     int(n_words))
-        save_json_atomic(out / "manifest.json", {
-            "format": FORMAT, "version": VERSION, "solens_version": __version__,
-            "digest": settings.digest(), "settings": asdict(settings)})
+        save_json_atomic(out / MANIFEST, manifest_record(FORMAT, VERSION, settings))
         save_json_atomic(out / "discover.json", doc)
         save_text_atomic(out / "discover.md", markdown(doc))
     return doc

@@ -26,6 +26,13 @@ def settings_digest(settings: Any) -> str:
     return hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()
 
 
+def manifest_record(fmt: str, version: int, settings: Any) -> dict[str, Any]:
+    """The manifest of a result folder: format, version, solens version, the settings and
+    their digest."""
+    return {"format": fmt, "version": version, "solens_version": __version__,
+            "digest": settings_digest(settings), "settings": asdict(settings)}
+
+
 def open_results(out: Path, fmt: str, version: int, settings: Any, *, restart: bool,
                  what: str, stale: Sequence[str] = ()) -> bool:
     """Create the result folder ``out`` or take it up again.
@@ -35,13 +42,13 @@ def open_results(out: Path, fmt: str, version: int, settings: Any, *, restart: b
     ``stale`` (relative to ``out``) are removed and the manifest is written. Raises
     ``InputError`` when ``out`` holds ``what`` of other settings and ``restart`` is false."""
     manifest = out / MANIFEST
-    digest = settings_digest(settings)
+    record = manifest_record(fmt, version, settings)
     if manifest.exists() and not restart:
         try:
             old = json.loads(manifest.read_text())
         except (OSError, ValueError):
             old = {}
-        if isinstance(old, dict) and old.get("digest") == digest:
+        if isinstance(old, dict) and old.get("digest") == record["digest"]:
             return True
         raise InputError(f"{out} holds {what} of other settings; pass --restart to replace "
                          "them")
@@ -50,10 +57,8 @@ def open_results(out: Path, fmt: str, version: int, settings: Any, *, restart: b
         for p in out.glob(pattern):
             if p.is_file():
                 p.unlink()
-    save_json_atomic(manifest, {"format": fmt, "version": version,
-                                "solens_version": __version__, "digest": digest,
-                                "settings": asdict(settings)})
+    save_json_atomic(manifest, record)
     return False
 
 
-__all__ = ["MANIFEST", "open_results", "settings_digest"]
+__all__ = ["MANIFEST", "manifest_record", "open_results", "settings_digest"]
