@@ -117,6 +117,11 @@ def test_neuron_subset_and_official_offset_is_shared() -> None:
     tr = model.trace(x, trace_names([0], model.info.n_layers))
     c = coefficients(model, tr, 0)
     assert c.offset.shape == (2, 16)
+    # the exact convention skips the offset: same coefficients, no offset to use
+    bare = coefficients(model, tr, 0, offset=False)
+    assert torch.equal(bare.s, c.s) and bare.raw_offset is None
+    with pytest.raises(ValueError, match="offset=False"):
+        effects(bare, directions(model, 0, "official"), "official")
 
 
 def test_push_through_heads_is_linear() -> None:
@@ -162,3 +167,45 @@ def test_full_size_vit_b32_layer9_float32() -> None:
         fast = second_order(model, x, 9, neurons=neurons, convention=convention)
         slow = reference_second_order(model, x, 9, neurons=neurons, convention=convention)
         assert rel(fast, slow) < 1e-4
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(0, 9),
+    batch=st.integers(1, 3),
+    p=st.integers(1, 7),
+    d=st.integers(1, 6),
+    threads=st.integers(1, 4),
+    double=st.booleans(),
+)
+def test_streamed_products_equal_bmm(
+    seed: int, n: int, batch: int, p: int, d: int, threads: int, double: bool
+) -> None:
+    from solens.lens.second_order import stream_products
+
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if double else torch.float32
+    s = torch.randn(batch, n, p, generator=g, dtype=dtype).transpose(0, 1)  # strided view
+    u = torch.randn(n, p, d, generator=g, dtype=dtype)
+    got = stream_products(s, u, threads)
+    want = torch.bmm(s, u)
+    assert got.shape == want.shape == (n, batch, d) and got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=1e-12 if double else 2e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("convention", ["exact", "official"])
+def test_small_batches_stream_and_match_the_batched_product(convention: str) -> None:
+    """One or two images take the streaming path, three or more bmm: same effects."""
+    from solens.lens.second_order import LayerCoeffs, _streams
+
+    model = tiny_model()
+    x = images(4)
+    u = directions(model, 1, convention)
+    c = coefficients(model, model.trace(x, trace_names([1], model.info.n_layers)), 1)
+    assert _streams(c.s[:2].transpose(0, 1), u) and not _streams(c.s.transpose(0, 1), u)
+    whole = effects(c, u, convention)  # bmm
+    for a, b in [(0, 1), (1, 3), (3, 4)]:
+        part = LayerCoeffs(1, c.s[a:b], c.inv_sigma_post[a:b], c.offset[a:b],
+                              c.embedding[a:b])  # fmt: skip
+        assert rel(effects(part, u, convention), whole[a:b]) < 1e-12

@@ -69,15 +69,24 @@ def trace_names(layers: Sequence[int], n_layers: int | None = None) -> list[str]
 class LayerCoeffs:
     """Image-dependent factors of a layer's second-order effects for a batch.
 
-    ``layer``: the source block. ``s`` [B, N, P], ``inv_sigma_post`` [B], ``offset``
-    [B, d] (official convention, before the 100/||f|| scale), ``embedding`` f(I) [B, d].
+    ``layer``: the source block. ``s`` [B, N, P], ``inv_sigma_post`` [B], ``raw_offset``
+    [B, d] (official convention, before the 100/||f|| scale; None when ``coefficients``
+    skipped it), ``embedding`` f(I) [B, d].
     """
 
     layer: int
     s: Tensor
     inv_sigma_post: Tensor
-    offset: Tensor
+    raw_offset: Tensor | None
     embedding: Tensor
+
+    @property
+    def offset(self) -> Tensor:
+        """The official convention's per-image offset [B, d] (``ValueError`` when
+        ``coefficients(..., offset=False)`` skipped it)."""
+        if self.raw_offset is None:
+            raise ValueError("these coefficients were computed with offset=False")
+        return self.raw_offset
 
     @property
     def official_scale(self) -> Tensor:
@@ -120,7 +129,9 @@ def _official_offset(model: Model, trace: Trace, layer: int, inv_sigma_post: Ten
             + b.ln1_b / K1
         )
         v = torch.einsum("bhD,hDe->bhe", y, b.W_V) + b.b_V / K1  # [B, H, dh]
-        o = torch.einsum("bhe,heD->bD", v, b.W_O) + b.b_O / K1  # H shares of b_O/(K1 H)
+        # H shares of b_O/(K1 H); one [B, H dh] @ [H dh, D] product (an einsum over the
+        # strided W_O view copies it first: 20x slower)
+        o = v.flatten(1) @ b.W_O.flatten(0, 1) + b.b_O / K1
         total = total + o * b.ls1_or_one()
         post_coef += H / K2
     mu_post = trace["ln_post.hook_mean"]
@@ -131,14 +142,21 @@ def _official_offset(model: Model, trace: Trace, layer: int, inv_sigma_post: Ten
 
 
 def coefficients(
-    model: Model, trace: Trace, layer: int, neurons: Sequence[int] | Tensor | None = None
+    model: Model,
+    trace: Trace,
+    layer: int,
+    neurons: Sequence[int] | Tensor | None = None,
+    *,
+    offset: bool = True,
 ) -> LayerCoeffs:
     """Image-dependent factors of block ``layer``'s second-order effects.
 
     ``trace`` of images [B, 3, S, S], recorded with at least
     ``trace_names([layer], n_layers)`` -> ``LayerCoeffs`` with ``s`` [B, N, P],
     ``inv_sigma_post`` [B], ``offset`` [B, d], ``embedding`` [B, d]. ``neurons``: indices
-    [N] into the block's MLP width (all when None).
+    [N] into the block's MLP width (all when None). ``offset=False`` skips the official
+    convention's offset (a few ms per call: two [D, D] maps per later block), which the
+    exact convention does not use.
     """
     check_layer(model, layer)
     L = model.info.n_layers
@@ -148,8 +166,8 @@ def coefficients(
     mix = _mix_weights(trace, layer, L)  # [B, P, T]
     s = torch.einsum("bpt,btn->bnp", mix, post)
     inv_sigma_post = 1.0 / trace["ln_post.hook_scale"]
-    offset = _official_offset(model, trace, layer, inv_sigma_post)
-    return LayerCoeffs(layer, s, inv_sigma_post, offset, trace["hook_embedding"])
+    off = _official_offset(model, trace, layer, inv_sigma_post) if offset else None
+    return LayerCoeffs(layer, s, inv_sigma_post, off, trace["hook_embedding"])
 
 
 def directions(
@@ -179,18 +197,69 @@ def directions(
     return torch.cat(out, dim=1)
 
 
+STREAM_MAX_BATCH = 2
+"""Batches of at most this many images are materialised on CPU by ``stream_products``
+(numpy's einsum loops: one pass over ``u`` per image, at memory bandwidth) instead of
+``torch.bmm``, whose per-neuron [B, P] @ [P, d] calls reach a third of the bandwidth for
+one image: 37 ms against 83 ms for ViT-B/32 block 0's ``u`` (830 MB) on one core; bmm
+wins from 3-4 images on (benchmarks/performance.py, docs/performance.md section 3)."""
+
+
+def stream_products(s: Tensor, u: Tensor, threads: int | None = None) -> Tensor:
+    """``out[n] = s[n] @ u[n]``: [N, B, P] x [N, P, d] -> [N, B, d] (CPU, float32 or
+    float64), one streaming pass over ``u`` per image, the neurons split across ``threads``
+    (torch's intra-op thread count when None; numpy's einsum releases the GIL)."""
+    import numpy as np
+
+    sn, un = s.contiguous().numpy(), u.numpy()
+    out = np.empty((s.shape[0], s.shape[1], u.shape[2]), dtype=un.dtype)
+    k = max(1, min(threads or torch.get_num_threads(), s.shape[0]))
+    bounds = [(s.shape[0] * i // k, s.shape[0] * (i + 1) // k) for i in range(k)]
+
+    def part(ab: tuple[int, int]) -> None:
+        a, b = ab
+        np.einsum("nbp,npd->nbd", sn[a:b], un[a:b], out=out[a:b])
+
+    if k == 1:
+        part(bounds[0])
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(k) as pool:
+            list(pool.map(part, bounds))
+    return torch.from_numpy(out)
+
+
+def _streams(s: Tensor, u: Tensor) -> bool:
+    """Whether ``stream_products`` is the faster way to multiply ``s`` [N, B, P] by ``u``."""
+    plain = s.device.type == "cpu" and u.device.type == "cpu" and not u.requires_grad
+    return (
+        plain
+        and s.shape[1] <= STREAM_MAX_BATCH
+        and s.dtype == u.dtype
+        and u.dtype in (torch.float32, torch.float64)
+        and u.is_contiguous()
+    )
+
+
 def effects(coeffs: LayerCoeffs, u: Tensor, convention: str = "exact") -> Tensor:
     """Materialised effects ``phi`` [B, N, d] from coefficients (``s`` [B, N, P]) and
     directions ``u`` [N, P, d] of the same convention.
 
     One batched product per neuron ([B, P] @ [P, d]) with the per-image scales folded into
     ``s`` (and the official offset added by the same call): the result is a [B, N, d] view
-    of an [N, B, d] tensor (``.contiguous()`` copies it)."""
+    of an [N, B, d] tensor (``.contiguous()`` copies it). One or two images on CPU go
+    through ``stream_products`` instead (``STREAM_MAX_BATCH``)."""
     check_convention(convention)
     scale = coeffs.inv_sigma_post
     if convention == "official":
         scale = scale * coeffs.official_scale
     s = (coeffs.s * scale[:, None, None]).transpose(0, 1)  # [N, B, P]
+    if _streams(s, u):
+        out = stream_products(s, u)
+        if convention == "official":
+            out += (coeffs.offset * coeffs.official_scale[:, None]).unsqueeze(0)
+        return out.transpose(0, 1)
     if convention == "official":
         bias = coeffs.offset * coeffs.official_scale[:, None]  # [B, d]
         return torch.baddbmm(bias.unsqueeze(0), s, u).transpose(0, 1)
@@ -364,7 +433,7 @@ def second_order(
     check_convention(convention)
     check_layer(model, layer)
     trace = model.trace(images, trace_names([layer], model.info.n_layers))
-    coeffs = coefficients(model, trace, layer, neurons)
+    coeffs = coefficients(model, trace, layer, neurons, offset=convention == "official")
     if cache:
         u = cached_directions(model, layer, convention, neurons)
     else:
