@@ -269,7 +269,9 @@ def effects(coeffs: LayerCoeffs, u: Tensor, convention: str = "exact") -> Tensor
 def norms(coeffs: LayerCoeffs, gram: Tensor) -> Tensor:
     """``||phi_n(I)||`` (exact) without materialising: coefficients (``s`` [B, N, P]) and
     ``gram`` = u u^T [N, P, P] -> [B, N]."""
-    q = torch.einsum("bnp,npq,bnq->bn", coeffs.s, gram, coeffs.s)
+    s = coeffs.s.transpose(0, 1)  # [N, B, P]
+    sg = stream_products(s, gram) if _streams(s, gram) else torch.bmm(s, gram)  # [N, B, P]
+    q = (sg * s).sum(-1).T  # [B, N]
     return q.clamp_min(0).sqrt() * coeffs.inv_sigma_post[:, None]
 
 

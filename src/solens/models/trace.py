@@ -60,13 +60,18 @@ class Trace(dict[str, Tensor]):
 
 class _Recorder:
     def __init__(self, names: Iterable[str] | None) -> None:
-        self.patterns = None if names is None else list(names)
         self.trace = Trace()
+        self.everything = names is None
+        listed = [] if names is None else list(names)
+        # exact names by set lookup; only globs go through fnmatch (a ViT-B/32 forward
+        # asks about 170 names: matching each against 40 patterns cost 5 ms per call)
+        self.exact = {n for n in listed if not any(c in n for c in "*?[")}
+        self.globs = [n for n in listed if n not in self.exact]
 
     def wants(self, name: str) -> bool:
-        if self.patterns is None:
+        if self.everything or name in self.exact:
             return True
-        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+        return any(fnmatch.fnmatchcase(name, p) for p in self.globs)
 
     def wants_any(self, *names: str) -> bool:
         return any(self.wants(n) for n in names)
