@@ -259,6 +259,11 @@ def test_segment_refuses_shards_without_masks_in_one_line(env, masked, capsys,
                                                          tmp_path: Path) -> None:
     im, mk, shards = masked
     shards_of(im, tmp_path / "nomask", per_shard=3)
+    small = tmp_path / "small"
+    for p in (mk / SYNSETS[0]).glob("*.png"):
+        (small / SYNSETS[0]).mkdir(parents=True, exist_ok=True)
+        Image.open(p).resize((20, 16)).save(small / SYNSETS[0] / p.name)
+    shards_of(im, tmp_path / "badmask", per_shard=3, masks=small)
     base = ["segment", str(env["run"].path), "--restart", "--no-progress", "--query", "x"]
     for extra, message in (
         (["--images", str(tmp_path / "nomask")],
@@ -267,7 +272,45 @@ def test_segment_refuses_shards_without_masks_in_one_line(env, masked, capsys,
         (["--images", f"{shards}/*.tar", "--masks", str(mk)],
          "--masks is not used with tar shards"),
         (["--images", str(im)], "or use tar shards with KEY.mask.png members"),
+        (["--images", f"{tmp_path}/badmask/shard-{{000000..000001}}.tar"],
+         "mask shard-000000.tar/n01440764_0.mask.png is 20x16 pixels but its image "
+         "shard-000000.tar/n01440764_0 is 36x32; masks must have their image's size"),
     ):
         code, _, err = run_cli(base + extra, capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+# --- a run computed over shards: atlas and `describe show` ----------------------------------
+def test_atlas_and_show_of_a_shard_run_equal_those_of_the_folder_run(env, capsys) -> None:
+    from solens.atlas.build import build_atlas
+    from solens.describe.describe import describe_run, neuron_report
+    from solens.store import run_effects
+
+    model, tmp = env["model"], env["tmp"]
+    spec = f"{tmp}/ref-shards/*.tar"
+    shards_of(tmp / "ref", tmp / "ref-shards", per_shard=4)
+    run = run_effects(model, spec, [0, 1], tmp / "shard-run", batch_size=8, progress=False,
+                      workers=0)
+    assert run.manifest.dataset["kind"] == "shards" and run.n_images == env["run"].n_images
+    describe_run(run, str(tmp / "words.txt"), model=model, n_terms=4, k=4)
+    sites = {}
+    for name, r in (("folder", env["run"]), ("shards", run)):
+        sites[name] = tmp / f"site-{name}"
+        build_atlas(r, sites[name], model=model, n_top=3, progress=False)
+    thumbs = sorted(p.name for p in (sites["folder"] / "img").glob("*.jpg"))
+    assert thumbs and thumbs == sorted(p.name for p in (sites["shards"] / "img").glob("*.jpg"))
+    for t in thumbs:
+        assert (sites["folder"] / "img" / t).read_bytes() == (sites["shards"] / "img" / t
+                                                              ).read_bytes()
+    for layer in ("00", "01"):
+        np.testing.assert_array_equal(
+            np.load(sites["folder"] / "cache" / f"heat-layer-{layer}.npy"),
+            np.load(sites["shards"] / "cache" / f"heat-layer-{layer}.npy"))
+    rep = neuron_report(run, 1, 3, pool="words")
+    assert rep["image_set"] == spec and rep["image_root"] is None
+    assert rep["top_image_paths"][0].startswith("shard-00000")
+    code, out, err = run_cli(["show", str(run.path), "1", "3", "--pool", "words"],
+                             capsys)
+    assert code == 0, err
+    assert f"topimages({spec})" in "".join(out.split()), out  # rich wraps the title

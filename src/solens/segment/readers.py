@@ -131,8 +131,49 @@ class MatMasks:
                 "fingerprint_of": "path, size, mtime"}
 
 
+class _MaskFiles:
+    """Images of an image set (``images``) with a mask image each (``_open_mask``)."""
+
+    images: FolderImages | ShardImages
+
+    def _open_image(self, index: int) -> Image.Image:
+        """The encoded image of candidate ``index``, opened (header read)."""
+        raise NotImplementedError
+
+    def _open_mask(self, index: int) -> Image.Image:
+        """The mask of candidate ``index``, opened (header read)."""
+        raise NotImplementedError
+
+    def _mask_name(self, index: int) -> str:
+        raise NotImplementedError
+
+    def check_sizes(self) -> None:
+        """``InputError`` naming the first mask whose size is not its image's."""
+        for i in range(len(self)):
+            with self._open_image(i) as im, self._open_mask(i) as m:
+                if im.size != m.size:
+                    raise InputError(
+                        f"{self._mask_name(i)} is {m.size[0]}x{m.size[1]} pixels but its image "
+                        f"{self.ids[i]} is {im.size[0]}x{im.size[1]}; masks must have their "
+                        "image's size")
+
+    @property
+    def ids(self) -> list[str]:
+        return self.images.ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> Image.Image:
+        return self.images.load(index)
+
+    def mask(self, index: int) -> np.ndarray:
+        with self._open_mask(index) as m:
+            return mask_array(m)
+
+
 @dataclass
-class FolderMasks:
+class FolderMasks(_MaskFiles):
     """An image folder and a mask folder with the same relative paths (suffixes may differ)."""
 
     images: FolderImages
@@ -159,29 +200,17 @@ class FolderMasks:
             raise InputError(f"--masks {root} does not match --images {images.root}: {what}; "
                              "each image needs a mask at the same relative path")
         out = cls(images, root, [found[s] for s in stems])
-        for i in range(len(stems)):
-            with Image.open(images.root / images.ids[i]) as im, \
-                    Image.open(root / out.mask_paths[i]) as m:
-                if im.size != m.size:
-                    raise InputError(
-                        f"mask {out.mask_paths[i]} is {m.size[0]}x{m.size[1]} pixels but its "
-                        f"image {images.ids[i]} is {im.size[0]}x{im.size[1]}; masks must have "
-                        "their image's size")
+        out.check_sizes()
         return out
 
-    @property
-    def ids(self) -> list[str]:
-        return self.images.ids
+    def _open_image(self, index: int) -> Image.Image:
+        return Image.open(self.images.root / self.images.ids[index])
 
-    def __len__(self) -> int:
-        return len(self.images)
+    def _open_mask(self, index: int) -> Image.Image:
+        return Image.open(self.masks_root / self.mask_paths[index])
 
-    def image(self, index: int) -> Image.Image:
-        return self.images.load(index)
-
-    def mask(self, index: int) -> np.ndarray:
-        with Image.open(self.masks_root / self.mask_paths[index]) as m:
-            return mask_array(m)
+    def _mask_name(self, index: int) -> str:
+        return f"mask {self.mask_paths[index]}"
 
     def describe(self) -> dict[str, Any]:
         masks = FolderImages(self.masks_root, self.mask_paths)
@@ -200,7 +229,7 @@ MASK_MEMBER = "mask.png"
 
 
 @dataclass
-class ShardMasks:
+class ShardMasks(_MaskFiles):
     """Tar shards whose samples hold their mask as a ``KEY.mask.png`` member."""
 
     images: ShardImages
@@ -217,29 +246,17 @@ class ShardMasks:
                 f".{MASK_MEMBER} member (first: {missing[0]}); tar shards need each image's "
                 f"mask as KEY.{MASK_MEMBER} in its sample")
         out = cls(images)
-        for i in range(len(images)):
-            with Image.open(io.BytesIO(images.read_bytes(i))) as im, \
-                    Image.open(io.BytesIO(images.read_extra(MASK_MEMBER, i))) as m:
-                if im.size != m.size:
-                    raise InputError(
-                        f"the mask of {images.ids[i]} is {m.size[0]}x{m.size[1]} pixels but "
-                        f"its image is {im.size[0]}x{im.size[1]}; masks must have their "
-                        "image's size")
+        out.check_sizes()
         return out
 
-    @property
-    def ids(self) -> list[str]:
-        return self.images.ids
+    def _open_image(self, index: int) -> Image.Image:
+        return Image.open(io.BytesIO(self.images.read_bytes(index)))
 
-    def __len__(self) -> int:
-        return len(self.images)
+    def _open_mask(self, index: int) -> Image.Image:
+        return Image.open(io.BytesIO(self.images.read_extra(MASK_MEMBER, index)))
 
-    def image(self, index: int) -> Image.Image:
-        return self.images.load(index)
-
-    def mask(self, index: int) -> np.ndarray:
-        with Image.open(io.BytesIO(self.images.read_extra(MASK_MEMBER, index))) as m:
-            return mask_array(m)
+    def _mask_name(self, index: int) -> str:
+        return f"mask {self.ids[index]}.{MASK_MEMBER}"
 
     def describe(self) -> dict[str, Any]:
         h = hashlib.sha256()
