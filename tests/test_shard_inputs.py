@@ -148,6 +148,17 @@ def test_ablate_resumes_on_the_same_shards_and_refuses_changed_ones(env, monkeyp
     redone = A.ablate_run(run, spec, model=model, restart=True, **KW)
     assert done == [0, 1]
     assert redone.settings.eval["fingerprint"] != first.settings.eval["fingerprint"]
+    # the same images, one .cls label changed: other settings as well
+    samples = list(wds.WebDataset(str(data / "shard-000000.tar"), shardshuffle=False,
+                                  empty_check=False))
+    with wds.TarWriter(str(data / "shard-000000.tar")) as w:
+        for j, x in enumerate(samples):
+            cls = SYNSETS[2].encode() if j == 0 else x["cls"]
+            w.write({"__key__": x["__key__"], "png": x["png"], "cls": cls})
+    relabelled = open_source(spec)
+    assert relabelled.fingerprint() == redone.settings.eval["fingerprint"]  # images: the same
+    with pytest.raises(InputError, match="holds ablations of other settings"):
+        A.ablate_run(run, spec, model=model, **KW)
 
 
 def test_shards_without_labels_are_refused_in_one_line(env, capsys, tmp_path: Path) -> None:

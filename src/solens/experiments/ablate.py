@@ -67,7 +67,7 @@ from solens.store.images import ImageSource, class_indices, pixels
 from solens.store.protocol import DescriptionsDoc
 from solens.store.results import open_results, settings_digest
 from solens.store.run import Run, layer_dir
-from solens.store.shards import open_source
+from solens.store.shards import ShardImages, open_source
 
 ABLATE_DIR = "ablate"
 M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -381,8 +381,11 @@ def ablate_run(
     model = run.load_model(device) if model is None else model
     d = model.info.d_embed
     m_capped = sorted({min(int(m), d) for m in m_values})
+    evaluation = source.describe()
+    if isinstance(source, ShardImages):  # their labels are not in the ids, as a folder's are
+        evaluation["labels_fingerprint"] = source.labels_fingerprint()
     settings = AblateSettings(
-        run_id=run.run_id, eval=source.describe(), classifier=spec.to_dict(), k=int(k),
+        run_id=run.run_id, eval=evaluation, classifier=spec.to_dict(), k=int(k),
         pools=list(pools), m_values=m_capped, pc_images=int(pc_images),
         pc_neurons=int(pc_neurons), seed=int(seed))
     out = run.path / ABLATE_DIR

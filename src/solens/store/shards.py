@@ -268,6 +268,17 @@ class ShardImages:
             h.update(f"{i}\0{digest}\n".encode())
         return h.hexdigest()
 
+    def labels_fingerprint(self) -> str | None:
+        """sha256 over (id, label) of every candidate (None without labels): the ``.cls``
+        members are not part of ``fingerprint`` (a folder's labels are: its ids), so a
+        result that depends on the labels records this as well."""
+        if self.labels is None:
+            return None
+        h = hashlib.sha256()
+        for i, lab in zip(self.ids, self.labels, strict=True):
+            h.update(f"{i}\0{lab}\n".encode())
+        return h.hexdigest()
+
     def table_fingerprint(self) -> str:
         """sha256 over each shard's name and member table (names, sizes, tar header
         checksums): the fingerprint of shard runs written before content records."""
