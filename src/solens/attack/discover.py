@@ -44,9 +44,10 @@ from solens.lens.second_order import coefficients, gram, trace_names
 from solens.models.model import Model
 from solens.store.arrays import save_json_atomic, save_text_atomic
 from solens.store.compute import default_preprocess
-from solens.store.images import SynthImages, parse_synth, pixels, to_rgb
+from solens.store.images import FolderImages, SynthImages, pixels, to_rgb
 from solens.store.results import MANIFEST, manifest_record, settings_digest
 from solens.store.run import Run
+from solens.store.shards import ShardImages, is_shard_spec, open_source
 from solens.synth.world import CONCEPTS
 
 DISCOVER_DIR = "discover"
@@ -140,16 +141,23 @@ class _Paths:
         return {"kind": "files", "n": len(self.paths), "paths": self.paths}
 
 
-def open_inputs(images: Sequence[str]) -> _Paths | SynthImages:
-    """Image paths, or one ``synth:SPLIT:N[:SEED]`` spec (with ground truth)."""
-    if not images:
-        raise InputError("no images given: pass image files or synth:SPLIT:N[:SEED]")
-    synth = [s for s in images if str(s).startswith("synth:")]
-    if synth:
-        if len(images) != 1:
-            raise InputError("give either image files or one synth:SPLIT:N[:SEED], not both")
-        return parse_synth(str(synth[0]))
-    return _Paths(images)
+def open_inputs(images: Sequence[str]) -> _Paths | FolderImages | SynthImages | ShardImages:
+    """Image paths, or one image set for ``open_source``: ``synth:SPLIT:N[:SEED]`` (with
+    ground truth), an image folder, or WebDataset tar shards (several ``.tar`` arguments, as
+    a shell expands ``data/shard-{0..3}.tar``, are one shard set)."""
+    items = [str(s) for s in images]
+    if not items:
+        raise InputError("no images given: pass image files, an image folder, tar shards or "
+                         "synth:SPLIT:N[:SEED]")
+    if all(is_shard_spec(s) for s in items):
+        return open_source("::".join(items))
+    sets = [s for s in items if s.startswith("synth:") or is_shard_spec(s) or Path(s).is_dir()]
+    if sets:
+        if len(items) != 1:
+            raise InputError(f"give either image files or one image set (a folder, tar shards "
+                             f"or synth:SPLIT:N[:SEED]), not both ({sets[0]})")
+        return open_source(items[0])
+    return _Paths(items)
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,7 @@ def discover_images(
     preprocess = default_preprocess(model)
     names = trace_names(layers, model.info.n_layers)
     concepts = world_concepts(GT_KINDS)
-    ids = source.ids if isinstance(source, SynthImages) else source.paths
+    ids = source.ids
     results: list[dict[str, Any]] = []
     prec: list[float] = []
     base: list[float] = []

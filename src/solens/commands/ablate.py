@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
         eval_images: str = typer.Option(
             ..., "--eval", metavar="IMAGES",
             help="Evaluation images: a class-folder dataset (ImageNet synset folders, or "
-            "any folders with --classes) or synth:SPLIT:N[:SEED].",
+            "any folders with --classes), WebDataset tar shards with a .cls member per "
+            "sample ('data/shard-{000000..000003}.tar', a glob, or a folder of .tar files), "
+            "or synth:SPLIT:N[:SEED].",
         ),
         classes: Path | None = typer.Option(
             None, "--classes", metavar="FILE",

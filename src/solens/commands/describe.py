@@ -181,7 +181,7 @@ def register(app: typer.Typer) -> None:
                 t.add_row(str(i + 1), term["text"], f"{term['coef']:+.4f}")
             console.print(t)
         if n_images:
-            t = Table(title=f"top images (root {rep['image_root']})")
+            t = Table(title=f"top images ({rep['image_set']})")
             t.add_column("rank", justify="right")
             t.add_column("row", justify="right")
             t.add_column("centred norm", justify="right")

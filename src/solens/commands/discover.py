@@ -15,8 +15,9 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="Run folder with descriptions (`solens describe`)."),
         images: list[str] = typer.Argument(
             ..., metavar="IMAGE",
-            help="Image files, or synth:SPLIT:N[:SEED] (scenes with ground truth: adds "
-            "precision@5)."),
+            help="Image files, or one image set: an image folder, WebDataset tar shards "
+            "('data/shard-{000000..000003}.tar', a glob, a folder of .tar files), or "
+            "synth:SPLIT:N[:SEED] (scenes with ground truth: adds precision@5)."),
         pool: str | None = typer.Option(None, "--pool", metavar="POOL",
                                         help="Described pool (default: the first one)."),
         layers: list[str] | None = typer.Option(None, "--layers", metavar="LAYER...",

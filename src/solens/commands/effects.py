@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
             "--images",
             metavar="SOURCE",
             help="Image folder (recursive; sub-folders = labels), WebDataset .tar shards "
-            "(path, glob or brace pattern: 'shards/train-{000..099}.tar') or synth:SPLIT:N[:SEED].",
+            "(path, glob, brace pattern 'shards/train-{000..099}.tar', or a folder of .tar "
+            "files) or synth:SPLIT:N[:SEED].",
         ),
         out: Path = typer.Option(
             ..., "--out", metavar="RUN", help="Run folder (created, or resumed if it exists)."

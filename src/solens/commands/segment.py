@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         images: str = typer.Option(
             ..., "--images", metavar="IMAGES",
             help="synth:SPLIT:N[:SEED] (exact masks of the primary object), the "
-            "ImageNet-segmentation file gtsegs_ijcv.mat, or an image folder (with --masks).",
+            "ImageNet-segmentation file gtsegs_ijcv.mat, an image folder (with --masks), or "
+            "WebDataset tar shards whose samples hold their mask as KEY.mask.png.",
         ),
         masks: Path | None = typer.Option(
             None, "--masks", metavar="FOLDER",

@@ -270,6 +270,7 @@ def neuron_report(run: Run, layer: int, neuron: int, pool: str | None = "words-3
     paths = run.image_paths
     out["top_image_paths"] = [paths[i] for i in out["top_images"]]
     out["image_root"] = run.image_root
+    out["image_set"] = run.image_root or run.manifest.dataset.get("spec")  # shards, synth
     out["layer"] = layer
     out["k"] = st.k
     out["model"] = run.model.get("name")

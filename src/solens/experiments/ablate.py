@@ -63,10 +63,11 @@ from solens.lens.second_order import coefficients, gram, trace_names
 from solens.models.model import Model
 from solens.store.arrays import save_json_atomic, save_text_atomic, write_atomic
 from solens.store.compute import default_preprocess
-from solens.store.images import ImageSource, class_indices, open_images, pixels
+from solens.store.images import ImageSource, class_indices, pixels
 from solens.store.protocol import DescriptionsDoc
 from solens.store.results import open_results, settings_digest
 from solens.store.run import Run, layer_dir
+from solens.store.shards import ShardImages, open_source
 
 ABLATE_DIR = "ablate"
 M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -353,7 +354,10 @@ def ablate_run(
 ) -> AblateResult:
     """Run every experiment of the module doc on ``run`` and write ``RUN/ablate/``.
 
-    ``eval_images``: a class-folder dataset or ``synth:SPLIT:N[:SEED]``; ``pools``: the text
+    ``eval_images``: a class-folder dataset, WebDataset tar shards whose samples have a
+    ``.cls`` member (the class; any spec of ``open_source``) or ``synth:SPLIT:N[:SEED]``;
+    the settings record its content fingerprint, so a resume over other images is refused
+    (``restart`` redoes it); ``pools``: the text
     pools for the reconstruction (default: every pool the run has descriptions of;
     ``text=False`` skips it); ``k``: top images per neuron for tau_n (the statistics of
     ``solens describe``). A finished layer is not redone unless ``restart``.
@@ -363,7 +367,7 @@ def ablate_run(
     layers = list(run.layers) if not layers else [int(l) for l in layers]
     for l in layers:
         run.layer(l)
-    source = open_images(eval_images) if isinstance(eval_images, str | Path) else eval_images
+    source = open_source(eval_images) if isinstance(eval_images, str | Path) else eval_images
     spec = classifier_spec(source, classes_file)
     labels = class_indices(source, spec.labels)
     pools = list(pools) if pools is not None else (described_pools(run, layers) if text else [])
@@ -377,8 +381,11 @@ def ablate_run(
     model = run.load_model(device) if model is None else model
     d = model.info.d_embed
     m_capped = sorted({min(int(m), d) for m in m_values})
+    evaluation = source.describe()
+    if isinstance(source, ShardImages):  # their labels are not in the ids, as a folder's are
+        evaluation["labels_fingerprint"] = source.labels_fingerprint()
     settings = AblateSettings(
-        run_id=run.run_id, eval=source.describe(), classifier=spec.to_dict(), k=int(k),
+        run_id=run.run_id, eval=evaluation, classifier=spec.to_dict(), k=int(k),
         pools=list(pools), m_values=m_capped, pc_images=int(pc_images),
         pc_neurons=int(pc_neurons), seed=int(seed))
     out = run.path / ABLATE_DIR

@@ -2,8 +2,9 @@
 
 - the synthetic world (``synth:SPLIT:N[:SEED]``): the world's class prompts
   ("a photo of a {class}", ``solens.synth.captions.class_prompts``);
-- a class-folder dataset whose folder names are ImageNet synset ids (``n01440764``):
-  open_clip's ImageNet class names and its 80 OpenAI prompt templates;
+- a class-folder dataset whose folder names are ImageNet synset ids (``n01440764``), or tar
+  shards whose ``.cls`` members are: open_clip's ImageNet class names and its 80 OpenAI
+  prompt templates;
 - anything else: class names and templates from a JSON file ``{"classes": {"folder":
   "class name", ...} or ["name", ...], "templates": ["a photo of a {}.", ...]}``.
 
@@ -24,6 +25,7 @@ from solens.errors import InputError
 from solens.experiments.zeroshot import ensembled_directions
 from solens.models.model import Model
 from solens.store.images import ImageSource, SynthImages
+from solens.store.shards import ShardImages
 from solens.synth.captions import class_prompts
 from solens.synth.world import CLASSES
 
@@ -70,10 +72,23 @@ def _imagenet_names() -> list[str]:
 
 
 def _labels(source: ImageSource) -> list[str]:
-    if source.labels is None or any(lab is None for lab in source.labels):
+    labels = source.labels
+    if labels is None or any(lab is None for lab in labels):
+        if isinstance(source, ShardImages):
+            missing = [i for i, lab in zip(source.ids, labels or [None] * len(source),
+                                           strict=True) if lab is None]  # fmt: skip
+            raise InputError(
+                f"the evaluation shards need class labels: a .cls member (the class name) "
+                f"in every sample; {len(missing)} of {len(source)} samples have none "
+                f"(first: {missing[0]})")
         raise InputError("the evaluation images need class labels: put every image in a "
                          "sub-folder named after its class")
-    return sorted({str(lab) for lab in source.labels})
+    return sorted({str(lab) for lab in labels})
+
+
+def _kind(source: ImageSource) -> str:
+    """What the dataset's labels are, for messages."""
+    return ".cls labels" if isinstance(source, ShardImages) else "folders"
 
 
 def classifier_spec(source: ImageSource, classes_file: str | Path | None = None
@@ -81,7 +96,7 @@ def classifier_spec(source: ImageSource, classes_file: str | Path | None = None
     """The classifier for an evaluation dataset (see the module doc); ``classes_file``
     overrides the automatic choice. Every label of the dataset must have a class."""
     if classes_file is not None:
-        return _from_file(Path(classes_file), _labels(source))
+        return _from_file(Path(classes_file), _labels(source), _kind(source))
     if isinstance(source, SynthImages):  # "a photo of a car", "a photo of an apple"
         names = [p.removeprefix("a photo of ") for p in class_prompts()]
         return ClassifierSpec(tuple(CLASSES), tuple(names), ("a photo of {}",),
@@ -92,18 +107,19 @@ def classifier_spec(source: ImageSource, classes_file: str | Path | None = None
         index = {s: i for i, s in enumerate(synsets)}
         unknown = [lab for lab in labels if lab not in index]
         if unknown:
-            raise InputError(f"folders {', '.join(unknown[:3])} are not ImageNet-1k synsets")
+            raise InputError(f"{_kind(source)} {', '.join(unknown[:3])} are not ImageNet-1k "
+                             "synsets")
         names = _imagenet_names()
         return ClassifierSpec(tuple(labels), tuple(names[index[lab]] for lab in labels),
                               tuple(_openai_templates()),
                               "open_clip ImageNet class names, 80 OpenAI templates")
     raise InputError(
-        f"cannot tell the class names of folders {', '.join(labels[:3])}...: they are not "
+        f"cannot tell the class names of {_kind(source)} {', '.join(labels[:3])}...: they are not "
         "ImageNet synset ids; pass --classes FILE (JSON with 'classes' and 'templates')"
     )
 
 
-def _from_file(path: Path, labels: Sequence[str]) -> ClassifierSpec:
+def _from_file(path: Path, labels: Sequence[str], kind: str = "folders") -> ClassifierSpec:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
@@ -119,7 +135,7 @@ def _from_file(path: Path, labels: Sequence[str]) -> ClassifierSpec:
         raise InputError(f"--classes {path}: 'classes' must be a list or an object")
     missing = [lab for lab in labels if lab not in classes]
     if missing:
-        raise InputError(f"--classes {path}: no class for folders {', '.join(missing[:5])} "
+        raise InputError(f"--classes {path}: no class for {kind} {', '.join(missing[:5])} "
                          f"(the evaluation images do not match the classifier)")
     templates = raw.get("templates") or ["a photo of a {}."]
     if not all(isinstance(t, str) and "{}" in t for t in templates):

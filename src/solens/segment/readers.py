@@ -10,6 +10,9 @@
 - an image folder with ``--masks DIR``: a mask per image at the same relative path with any
   image suffix (``a/b.jpg`` -> ``a/b.png``), the same size as its image; non-zero =
   foreground (any channel).
+- WebDataset tar shards (any spec of ``solens.store.shards.open_source``) whose every sample
+  holds its mask as a ``KEY.mask.png`` member beside the image (same size, non-zero =
+  foreground).
 
 Every reader gives ``image(i)`` (RGB PIL image) and ``mask(i)`` (bool [H, W] at the image's
 pixels), ``ids``, ``describe()`` (identity for the settings digest).
@@ -18,6 +21,7 @@ pixels), ``ids``, ``describe()`` (identity for the settings digest).
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from solens.errors import InputError
-from solens.store.images import IMAGE_SUFFIXES, FolderImages, SynthImages, open_images, to_rgb
+from solens.store.images import IMAGE_SUFFIXES, FolderImages, SynthImages, to_rgb
+from solens.store.shards import ShardImages, open_source
 from solens.synth.render import render_array
 
 
@@ -126,8 +131,49 @@ class MatMasks:
                 "fingerprint_of": "path, size, mtime"}
 
 
+class _MaskFiles:
+    """Images of an image set (``images``) with a mask image each (``_open_mask``)."""
+
+    images: FolderImages | ShardImages
+
+    def _open_image(self, index: int) -> Image.Image:
+        """The encoded image of candidate ``index``, opened (header read)."""
+        raise NotImplementedError
+
+    def _open_mask(self, index: int) -> Image.Image:
+        """The mask of candidate ``index``, opened (header read)."""
+        raise NotImplementedError
+
+    def _mask_name(self, index: int) -> str:
+        raise NotImplementedError
+
+    def check_sizes(self) -> None:
+        """``InputError`` naming the first mask whose size is not its image's."""
+        for i in range(len(self)):
+            with self._open_image(i) as im, self._open_mask(i) as m:
+                if im.size != m.size:
+                    raise InputError(
+                        f"{self._mask_name(i)} is {m.size[0]}x{m.size[1]} pixels but its image "
+                        f"{self.ids[i]} is {im.size[0]}x{im.size[1]}; masks must have their "
+                        "image's size")
+
+    @property
+    def ids(self) -> list[str]:
+        return self.images.ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> Image.Image:
+        return self.images.load(index)
+
+    def mask(self, index: int) -> np.ndarray:
+        with self._open_mask(index) as m:
+            return mask_array(m)
+
+
 @dataclass
-class FolderMasks:
+class FolderMasks(_MaskFiles):
     """An image folder and a mask folder with the same relative paths (suffixes may differ)."""
 
     images: FolderImages
@@ -154,30 +200,17 @@ class FolderMasks:
             raise InputError(f"--masks {root} does not match --images {images.root}: {what}; "
                              "each image needs a mask at the same relative path")
         out = cls(images, root, [found[s] for s in stems])
-        for i in range(len(stems)):
-            with Image.open(images.root / images.ids[i]) as im, \
-                    Image.open(root / out.mask_paths[i]) as m:
-                if im.size != m.size:
-                    raise InputError(
-                        f"mask {out.mask_paths[i]} is {m.size[0]}x{m.size[1]} pixels but its "
-                        f"image {images.ids[i]} is {im.size[0]}x{im.size[1]}; masks must have "
-                        "their image's size")
+        out.check_sizes()
         return out
 
-    @property
-    def ids(self) -> list[str]:
-        return self.images.ids
+    def _open_image(self, index: int) -> Image.Image:
+        return Image.open(self.images.root / self.images.ids[index])
 
-    def __len__(self) -> int:
-        return len(self.images)
+    def _open_mask(self, index: int) -> Image.Image:
+        return Image.open(self.masks_root / self.mask_paths[index])
 
-    def image(self, index: int) -> Image.Image:
-        return self.images.load(index)
-
-    def mask(self, index: int) -> np.ndarray:
-        with Image.open(self.masks_root / self.mask_paths[index]) as m:
-            a = np.asarray(m if m.mode in ("L", "P", "1", "I", "I;16", "F") else to_rgb(m))
-        return a.reshape(a.shape[0], a.shape[1], -1).max(-1) != 0
+    def _mask_name(self, index: int) -> str:
+        return f"mask {self.mask_paths[index]}"
 
     def describe(self) -> dict[str, Any]:
         masks = FolderImages(self.masks_root, self.mask_paths)
@@ -185,13 +218,63 @@ class FolderMasks:
                 "masks_fingerprint": masks.fingerprint()}
 
 
+def mask_array(mask: Image.Image) -> np.ndarray:
+    """A mask image -> bool [H, W]: non-zero in any channel = foreground."""
+    a = np.asarray(mask if mask.mode in ("L", "P", "1", "I", "I;16", "F") else to_rgb(mask))
+    return a.reshape(a.shape[0], a.shape[1], -1).max(-1) != 0
+
+
+MASK_MEMBER = "mask.png"
+"""The member extension of a sample's mask in tar shards (``KEY.mask.png``)."""
+
+
+@dataclass
+class ShardMasks(_MaskFiles):
+    """Tar shards whose samples hold their mask as a ``KEY.mask.png`` member."""
+
+    images: ShardImages
+
+    @classmethod
+    def open(cls, images: ShardImages) -> ShardMasks:
+        """Check that every sample has a mask of its image's size (``InputError`` naming
+        the first that has not)."""
+        members = images.extras.get(MASK_MEMBER) or [None] * len(images)
+        missing = [i for i, m in zip(images.ids, members, strict=True) if m is None]
+        if missing:
+            raise InputError(
+                f"--images {images.spec}: {len(missing)} of {len(images)} samples have no "
+                f".{MASK_MEMBER} member (first: {missing[0]}); tar shards need each image's "
+                f"mask as KEY.{MASK_MEMBER} in its sample")
+        out = cls(images)
+        out.check_sizes()
+        return out
+
+    def _open_image(self, index: int) -> Image.Image:
+        return Image.open(io.BytesIO(self.images.read_bytes(index)))
+
+    def _open_mask(self, index: int) -> Image.Image:
+        return Image.open(io.BytesIO(self.images.read_extra(MASK_MEMBER, index)))
+
+    def _mask_name(self, index: int) -> str:
+        return f"mask {self.ids[index]}.{MASK_MEMBER}"
+
+    def describe(self) -> dict[str, Any]:
+        h = hashlib.sha256()
+        for i, ident in enumerate(self.images.ids):
+            digest = hashlib.sha256(self.images.read_extra(MASK_MEMBER, i)).hexdigest()
+            h.update(f"{ident}\0{digest}\n".encode())
+        return {**self.images.describe(), "masks": f"KEY.{MASK_MEMBER} members",
+                "masks_fingerprint": h.hexdigest()}
+
+
 def open_masked(images: str | Path, masks: str | Path | None = None) -> MaskedImages:
-    """``synth:...``, a ``.mat`` file, or an image folder with ``masks`` (see module doc)."""
+    """``synth:...``, a ``.mat`` file, an image folder with ``masks``, or tar shards with
+    mask members (see module doc)."""
     s = str(images)
     if s.startswith("synth:"):
         if masks is not None:
             raise InputError("--masks is not used with synthetic images (their masks are exact)")
-        src = open_images(s)
+        src = open_source(s)
         assert isinstance(src, SynthImages)
         return SynthMasks(src)
     p = Path(s)
@@ -199,12 +282,19 @@ def open_masked(images: str | Path, masks: str | Path | None = None) -> MaskedIm
         if not p.is_file():
             raise InputError(f"--images {p}: no such file")
         return MatMasks(p)
+    source = open_source(s, extras=(MASK_MEMBER,))
+    if isinstance(source, ShardImages):
+        if masks is not None:
+            raise InputError(f"--masks is not used with tar shards: each sample holds its "
+                             f"mask as a KEY.{MASK_MEMBER} member")
+        return ShardMasks.open(source)
+    assert isinstance(source, FolderImages)
     if masks is None:
         raise InputError(f"--images {p} is a folder: pass --masks DIR with a mask per image "
-                         "(or use a gtsegs_ijcv.mat file or synth:SPLIT:N)")
-    folder = open_images(p)
-    assert isinstance(folder, FolderImages)
-    return FolderMasks.open(folder, masks)
+                         f"(or use tar shards with KEY.{MASK_MEMBER} members, a "
+                         "gtsegs_ijcv.mat file or synth:SPLIT:N)")
+    return FolderMasks.open(source, masks)
 
 
-__all__ = ["FolderMasks", "MaskedImages", "MatMasks", "SynthMasks", "open_masked"]
+__all__ = ["MASK_MEMBER", "FolderMasks", "MaskedImages", "MatMasks", "ShardMasks", "SynthMasks",
+           "mask_array", "open_masked"]

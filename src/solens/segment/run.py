@@ -52,7 +52,14 @@ from solens.segment.heatmaps import (
     to_image,
 )
 from solens.segment.metrics import Accumulator
-from solens.segment.readers import FolderMasks, MaskedImages, MatMasks, SynthMasks, open_masked
+from solens.segment.readers import (
+    FolderMasks,
+    MaskedImages,
+    MatMasks,
+    ShardMasks,
+    SynthMasks,
+    open_masked,
+)
 from solens.store.arrays import save_json_atomic, save_text_atomic, write_atomic
 from solens.store.compute import default_preprocess
 from solens.store.protocol import DescriptionsDoc
@@ -210,19 +217,21 @@ def _described(run: Run, layer: int) -> DescriptionsDoc | None:
 
 
 def _classifier(source: MaskedImages, classes_file: str | Path | None) -> ClassifierSpec:
-    if classes_file is not None and not isinstance(source, FolderMasks):
+    if classes_file is not None and not isinstance(source, FolderMasks | ShardMasks):
         return file_spec(classes_file)
     if isinstance(source, SynthMasks):
         return classifier_spec(source.images)
     if isinstance(source, MatMasks):
         return imagenet_spec()
-    assert isinstance(source, FolderMasks)
+    assert isinstance(source, FolderMasks | ShardMasks)
     if classes_file is not None:
         return (classifier_spec(source.images, classes_file) if source.images.labels
                 else file_spec(classes_file))
     if source.images.labels is None:
-        raise InputError("cannot tell the classes of an image folder without class "
-                         "sub-folders: pass --classes FILE or --query TEXT")
+        what = ("tar shards without .cls members" if isinstance(source, ShardMasks)
+                else "an image folder without class sub-folders")
+        raise InputError(f"cannot tell the classes of {what}: pass --classes FILE or "
+                         "--query TEXT")
     return classifier_spec(source.images)
 
 
@@ -282,8 +291,9 @@ def segment_run(
     progress: bool = True,
     device: str = "cpu",
 ) -> SegmentResult:
-    """Segment ``images`` (``synth:SPLIT:N[:SEED]``, a ``gtsegs_ijcv.mat`` file, or a folder
-    with ``masks``) with every method of ``METHODS`` and write ``RUN/segment/``.
+    """Segment ``images`` (``synth:SPLIT:N[:SEED]``, a ``gtsegs_ijcv.mat`` file, a folder
+    with ``masks``, or tar shards whose samples hold a ``KEY.mask.png`` member) with every
+    method of ``METHODS`` and write ``RUN/segment/``.
 
     ``layers``: the run's blocks whose neurons the second-order maps use (default
     ``default_layers``; they need descriptions, ``solens describe``); ``k``: neurons per map
@@ -418,7 +428,7 @@ def _where(source: MaskedImages) -> dict[str, str]:
     if isinstance(source, SynthMasks):
         return {"split": source.images.split}
     d = source.describe()
-    return {"images": str(d.get("root") or d.get("path"))}
+    return {"images": str(d.get("root") or d.get("path") or d.get("spec"))}
 
 
 def summary(result: SegmentResult, source: MaskedImages | None = None) -> dict[str, Any]:

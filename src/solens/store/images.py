@@ -1,4 +1,5 @@
-"""Image datasets for ``solens effects``: a folder of files, or scenes of the synthetic world.
+"""Image datasets: a folder of files, or scenes of the synthetic world (tar shards:
+``solens.store.shards``, whose ``open_source`` is the opener every command uses).
 
 A dataset is a deterministic list of *candidates* (relative paths or scene ids) with
 optional labels; ``load(i)`` returns an RGB PIL image or raises (the caller skips it).
@@ -344,7 +345,8 @@ def parse_synth(spec: str) -> SynthImages:
 
 
 def open_images(spec: str | Path) -> FolderImages | SynthImages:
-    """A folder path, or ``synth:SPLIT:N[:SEED[:SIZE]]``."""
+    """A folder path, or ``synth:SPLIT:N[:SEED[:SIZE]]`` (no tar shards: commands open image
+    sets with ``solens.store.shards.open_source``, which takes all three)."""
     s = str(spec)
     if s.startswith("synth:"):
         return parse_synth(s)

@@ -3,7 +3,8 @@
 A spec names one or more uncompressed ``.tar`` shards in WebDataset layout (members
 ``KEY.EXT``; the files of one sample share ``KEY``): a path (``data/train-000.tar``), a
 brace pattern (``data/train-{000000..000146}.tar``, expanded by ``webdataset``), a glob
-(``data/*.tar``), or several of these joined by ``::``. Shards are taken in the order the
+(``data/*.tar``), several of these joined by ``::``, or a folder whose top level holds
+``.tar`` files and no image files (= ``FOLDER/*.tar``). Shards are taken in the order the
 spec gives them (brace patterns in expansion order, each glob's matches sorted, duplicates
 dropped), samples in the order of their members inside each shard.
 
@@ -13,7 +14,9 @@ the first in that order when a sample has several). It does not depend on how ma
 processes read the shards, so every image has one candidate index across shards and
 ranks. Its id is ``SHARD/KEY`` (``SHARD`` = the shard's path relative to the folder all
 shards share). Labels: the text of the sample's ``.cls`` member (stripped), when any
-sample has one.
+sample has one (the class name, e.g. an ImageNet synset id, as a class sub-folder of an
+image folder). Other members of a sample can be located too (``ShardImages.scan(spec,
+extras=("mask.png",))``: ``KEY.mask.png``, the segmentation mask of ``solens segment``).
 
 Random access: the member offsets of every shard are read once (``tarfile`` headers) and
 ``load(i)`` reads the image's bytes at its offset, so chunks can be computed in any order,
@@ -27,7 +30,7 @@ import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,13 +74,13 @@ def expand_shards(spec: str) -> list[Path]:
         if _GLOB_CHARS & set(url):
             matches = sorted(glob.glob(url))
             if not matches:
-                raise InputError(f"no shards match {url!r} (--images)")
+                raise InputError(f"no shards match {url!r}")
         else:
             matches = [url]
         for m in matches:
             p = Path(m)
             if not p.is_file():
-                raise InputError(f"shard {p} does not exist (--images {spec})")
+                raise InputError(f"shard {p} does not exist ({spec})")
             if not p.name.endswith(SHARD_SUFFIX):
                 raise InputError(f"shard {p} is not an uncompressed .tar file")
             key = str(p.resolve())
@@ -85,7 +88,7 @@ def expand_shards(spec: str) -> list[Path]:
                 seen.add(key)
                 out.append(p)
     if not out:
-        raise InputError(f"--images {spec!r} names no .tar shards")
+        raise InputError(f"{spec!r} names no .tar shards")
     return out
 
 
@@ -96,9 +99,13 @@ class _Member:
     size: int
 
 
-def _scan_shard(path: Path, shard: int) -> tuple[list[tuple[str, _Member, str | None]], str]:
-    """Samples of one shard in member order: (key, image member, label or None), plus a
-    digest of its member table (names, sizes, header checksums)."""
+_Sample = tuple[str, _Member, str | None, tuple[_Member | None, ...]]
+
+
+def _scan_shard(path: Path, shard: int, extras: Sequence[str] = ()) -> tuple[list[_Sample], str]:
+    """Samples of one shard in member order: (key, image member, label or None, the member
+    of each extension of ``extras`` or None), plus a digest of its member table (names,
+    sizes, header checksums)."""
     samples: dict[str, dict[str, _Member]] = {}
     order: list[str] = []
     h = hashlib.sha256()
@@ -128,7 +135,7 @@ def _scan_shard(path: Path, shard: int) -> tuple[list[tuple[str, _Member, str | 
                 if key in label_members:
                     f = tf.extractfile(label_members[key])
                     label = f.read().decode("utf-8", "replace").strip() if f else None
-                out.append((key, image, label))
+                out.append((key, image, label, tuple(files.get(e) for e in extras)))
     except (tarfile.TarError, OSError) as e:
         raise InputError(f"cannot read shard {path}: {' '.join(str(e).split())}") from None
     return out, h.hexdigest()
@@ -145,25 +152,31 @@ class ShardImages:
     labels: list[str | None] | None = None
     members: list[_Member] = field(default_factory=list, repr=False)
     shard_digests: list[str] = field(default_factory=list, repr=False)
+    extras: dict[str, list[_Member | None]] = field(default_factory=dict, repr=False)
     _files: dict[str, list[Any]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def scan(cls, spec: str) -> ShardImages:
-        """Read the member tables of the shards of ``spec``."""
+    def scan(cls, spec: str, extras: Sequence[str] = ()) -> ShardImages:
+        """Read the member tables of the shards of ``spec``; ``extras``: member extensions
+        (``"mask.png"``) to locate in every sample as well (``read_extra``)."""
+        extras = [e.lower() for e in extras]
         shards = expand_shards(spec)
         root = Path(os.path.commonpath([str(p.resolve().parent) for p in shards]))
         ids: list[str] = []
         labels: list[str | None] = []
         members: list[_Member] = []
+        found: dict[str, list[_Member | None]] = {e: [] for e in extras}
         digests = []
         for k, p in enumerate(shards):
-            samples, digest = _scan_shard(p, k)
+            samples, digest = _scan_shard(p, k, extras)
             digests.append(digest)
             name = p.resolve().relative_to(root).as_posix()
-            for key, member, label in samples:
+            for key, member, label, more in samples:
                 ids.append(f"{name}/{key}")
                 members.append(member)
                 labels.append(label)
+                for e, m in zip(extras, more, strict=True):
+                    found[e].append(m)
         if not ids:
             raise InputError(
                 f"the shards of {spec!r} hold no images "
@@ -173,20 +186,30 @@ class ShardImages:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InputError(f"image {dup} appears twice in the shards of {spec!r}")
         has_labels = any(lab is not None for lab in labels)
-        return cls(spec, shards, ids, labels if has_labels else None, members, digests)
+        return cls(spec, shards, ids, labels if has_labels else None, members, digests, found)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def read_bytes(self, index: int) -> bytes:
-        """The encoded image of candidate ``index``."""
-        m = self.members[index]
+    def _read(self, m: _Member, index: int, what: str) -> bytes:
         with open(self.shards[m.shard], "rb") as f:
             f.seek(m.offset)
             data = f.read(m.size)
         if len(data) != m.size:
-            raise OSError(f"{self.ids[index]}: shard ends before the image does")
+            raise OSError(f"{self.ids[index]}: shard ends before the {what} does")
         return data
+
+    def read_bytes(self, index: int) -> bytes:
+        """The encoded image of candidate ``index``."""
+        return self._read(self.members[index], index, "image")
+
+    def read_extra(self, ext: str, index: int) -> bytes:
+        """The bytes of candidate ``index``'s ``KEY.<ext>`` member (``ext`` one of the
+        ``extras`` of ``scan``; ``KeyError`` when that sample has none)."""
+        m = self.extras[ext][index]
+        if m is None:
+            raise KeyError(f"{self.ids[index]} has no .{ext} member")
+        return self._read(m, index, f".{ext} member")
 
     def load(self, index: int) -> Image.Image:
         try:
@@ -245,6 +268,17 @@ class ShardImages:
             h.update(f"{i}\0{digest}\n".encode())
         return h.hexdigest()
 
+    def labels_fingerprint(self) -> str | None:
+        """sha256 over (id, label) of every candidate (None without labels): the ``.cls``
+        members are not part of ``fingerprint`` (a folder's labels are: its ids), so a
+        result that depends on the labels records this as well."""
+        if self.labels is None:
+            return None
+        h = hashlib.sha256()
+        for i, lab in zip(self.ids, self.labels, strict=True):
+            h.update(f"{i}\0{lab}\n".encode())
+        return h.hexdigest()
+
     def table_fingerprint(self) -> str:
         """sha256 over each shard's name and member table (names, sizes, tar header
         checksums): the fingerprint of shard runs written before content records."""
@@ -299,13 +333,44 @@ def reopen_shards(
     return source
 
 
-def open_source(spec: str | Path) -> FolderImages | SynthImages | ShardImages:
+def shard_folder_spec(folder: str | Path) -> str | None:
+    """``FOLDER/*.tar`` when ``folder`` is a folder whose top level holds ``.tar`` files and
+    which holds no image files (a folder of shards), else None. ``InputError`` for a folder
+    with both (it is not clear which is meant)."""
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        return None
+    try:
+        tars = [e.name for e in os.scandir(p) if e.name.endswith(SHARD_SUFFIX)
+                and not e.name.startswith(".") and e.is_file()]  # fmt: skip
+    except OSError:
+        return None  # FolderImages.scan says what is wrong
+    if not tars:
+        return None
+    for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        image = next((f for f in filenames if f.lower().endswith(IMAGE_SUFFIXES)
+                      and not f.startswith(".")), None)  # fmt: skip
+        if image is not None:
+            where = Path(dirpath, image).relative_to(p).as_posix()
+            raise InputError(f"{p} holds both .tar shards ({tars[0]}) and image files "
+                             f"({where}): pass '{p / '*.tar'}' for the shards, or move them")
+    return str(p / f"*{SHARD_SUFFIX}")
+
+
+def open_source(
+    spec: str | Path, extras: Sequence[str] = ()
+) -> FolderImages | SynthImages | ShardImages:
     """Any image source: ``synth:SPLIT:N[:SEED[:SIZE]]``, WebDataset ``.tar`` shards
-    (``is_shard_spec``: a path, brace pattern, glob, or several joined by ``::``), or an
-    image folder."""
+    (``is_shard_spec``: a path, brace pattern, glob, or several joined by ``::``; or a folder
+    of ``.tar`` files, ``shard_folder_spec``), or an image folder. ``extras``: member
+    extensions shards must be scanned for as well (``ShardImages.scan``)."""
     s = str(spec)
     if s.startswith("synth:"):
         return parse_synth(s)
     if is_shard_spec(s):
-        return ShardImages.scan(s)
+        return ShardImages.scan(s, extras)
+    folder = shard_folder_spec(s)
+    if folder is not None:
+        return ShardImages.scan(folder, extras)
     return FolderImages.scan(s)
