@@ -26,8 +26,8 @@ from solens.store import (
 )
 from solens.store.arrays import atomic_path, save_json_atomic, save_npy_atomic
 from solens.store.export import parse_neurons
-from solens.store.images import open_images
 from solens.store.run import IDENTITY_KEYS
+from solens.store.shards import open_source
 from tests.store_helpers import image_folder, tiny_model
 
 FIXTURES = HealthCheck.function_scoped_fixture
@@ -256,16 +256,16 @@ def test_folder_images(tmp_path):
     flat = image_folder(tmp_path / "flat", n=3, labels=False, extras=False)
     assert FolderImages.scan(flat).labels is None
     with pytest.raises(InputError, match="does not exist"):
-        open_images(tmp_path / "missing")
+        open_source(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images"):
-        open_images(tmp_path / "empty")
+        open_source(tmp_path / "empty")
 
 
 def test_synth_spec_parsing():
     for bad in ("synth:balanced", "synth:nosplit:5", "synth:balanced:x", "synth:balanced:0"):
         with pytest.raises(InputError):
-            open_images(bad)
+            open_source(bad)
 
 
 # --- streaming compute --------------------------------------------------------------------

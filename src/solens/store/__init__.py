@@ -12,7 +12,7 @@ from solens.store.arrays import ChunkedArray
 from solens.store.compute import run_effects
 from solens.store.distributed import Dist, load_summary
 from solens.store.export import export_effects
-from solens.store.images import FolderImages, SynthImages, open_images
+from solens.store.images import FolderImages, SynthImages
 from solens.store.protocol import DescriptionsDoc, ImagesRecord, Manifest, StatsMeta
 from solens.store.run import LayerView, Run, RunChunk, RunWriter
 from solens.store.shards import ShardImages, open_source
@@ -33,7 +33,6 @@ __all__ = [
     "SynthImages",
     "export_effects",
     "load_summary",
-    "open_images",
     "open_source",
     "run_effects",
 ]

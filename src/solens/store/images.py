@@ -3,7 +3,7 @@
 
 A dataset is a deterministic list of *candidates* (relative paths or scene ids) with
 optional labels; ``load(i)`` returns an RGB PIL image or raises (the caller skips it).
-``open_images("DIR")`` or ``open_images("synth:SPLIT:N[:SEED[:SIZE]]")``.
+``solens.store.shards.open_source("DIR")`` or ``open_source("synth:SPLIT:N[:SEED[:SIZE]]")``.
 """
 
 from __future__ import annotations
@@ -342,15 +342,6 @@ def parse_synth(spec: str) -> SynthImages:
     if n <= 0 or size <= 0:
         raise InputError(f"{spec!r}: N and SIZE must be positive")
     return SynthImages(parts[1], n, seed, size)
-
-
-def open_images(spec: str | Path) -> FolderImages | SynthImages:
-    """A folder path, or ``synth:SPLIT:N[:SEED[:SIZE]]`` (no tar shards: commands open image
-    sets with ``solens.store.shards.open_source``, which takes all three)."""
-    s = str(spec)
-    if s.startswith("synth:"):
-        return parse_synth(s)
-    return FolderImages.scan(s)
 
 
 def images_record(source: ImageSource) -> dict[str, Any]:
