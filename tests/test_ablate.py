@@ -157,19 +157,30 @@ def _folder(root: Path, classes: list[str], per_class: int = 4, seed: int = 0) -
     return root
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+WORDS = ["fish", "shark", "water", "red", "stripes", "boat", "sand", "dog", "cat", "tree",
+         "sky", "car"]
+
+
+def described_run(tmp: Path):
+    """A small CLIP with random weights, a run of blocks 0-1 over 15 reference images in
+    ``tmp/run`` and its descriptions over ``WORDS`` (``tmp/words.txt``): (model, run, pool,
+    descriptions)."""
     from solens.describe.describe import describe_run
     from solens.store import run_effects
 
-    tmp = tmp_path_factory.mktemp("ablate")
     model = _clip_model()
     ref = _folder(tmp / "ref", SYNSETS, per_class=5, seed=1)
     run = run_effects(model, ref, [0, 1], tmp / "run", batch_size=8, progress=False, workers=0)
     pool = tmp / "words.txt"
-    pool.write_text("\n".join(["fish", "shark", "water", "red", "stripes", "boat", "sand",
-                               "dog", "cat", "tree", "sky", "car"]))
-    describe_run(run, str(pool), model=model, n_terms=4, k=4)
+    pool.write_text("\n".join(WORDS))
+    docs = describe_run(run, str(pool), model=model, n_terms=4, k=4)
+    return model, run, pool, docs
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ablate")
+    model, run, pool, _ = described_run(tmp)
     return {"model": model, "run": run, "eval": _folder(tmp / "eval", SYNSETS, seed=2),
             "tmp": tmp, "pool": pool}
 

@@ -33,24 +33,13 @@ from solens.store.images import pixels
 from solens.store.protocol import DescriptionsDoc
 
 from .helpers import run_cli
-from .test_ablate import SYNSETS, _clip_model, _folder
-
-WORDS = ["fish", "shark", "water", "red", "stripes", "boat", "sand", "dog", "cat", "tree",
-         "sky", "car"]
+from .test_ablate import described_run
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from solens.describe.describe import describe_run
-    from solens.store import run_effects
-
     tmp = tmp_path_factory.mktemp("atlas")
-    model = _clip_model()
-    ref = _folder(tmp / "ref", SYNSETS, per_class=5, seed=1)
-    run = run_effects(model, ref, [0, 1], tmp / "run", batch_size=8, progress=False, workers=0)
-    pool = tmp / "words.txt"
-    pool.write_text("\n".join(WORDS))
-    docs = describe_run(run, str(pool), model=model, n_terms=4, k=4)
+    model, run, _, docs = described_run(tmp)
     res = build_atlas(run, tmp / "site", model=model, n_top=3, progress=False)
     return {"model": model, "run": run, "docs": {d.layer: d for d in docs}, "tmp": tmp,
             "site": tmp / "site", "res": res}

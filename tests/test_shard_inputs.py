@@ -17,7 +17,7 @@ from PIL import Image
 from solens.errors import InputError
 from solens.store.shards import ShardImages, open_source
 from tests.helpers import run_cli
-from tests.test_ablate import SYNSETS, _clip_model, _folder
+from tests.test_ablate import SYNSETS, _folder, described_run
 
 KW = {"k": 4, "pc_images": 4, "pc_neurons": 3, "progress": False}
 
@@ -53,17 +53,8 @@ def figures(result) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from solens.describe.describe import describe_run
-    from solens.store import run_effects
-
     tmp = tmp_path_factory.mktemp("shard-inputs")
-    model = _clip_model()
-    ref = _folder(tmp / "ref", SYNSETS, per_class=5, seed=1)
-    run = run_effects(model, ref, [0, 1], tmp / "run", batch_size=8, progress=False, workers=0)
-    pool = tmp / "words.txt"
-    pool.write_text("\n".join(["fish", "shark", "water", "red", "stripes", "boat", "sand",
-                               "dog", "cat", "tree", "sky", "car"]))
-    describe_run(run, str(pool), model=model, n_terms=4, k=4)
+    model, run, _, _ = described_run(tmp)
     folder = _folder(tmp / "eval", SYNSETS, seed=2)  # 3 classes x 4 images
     shards = shards_of(folder, tmp / "shards")  # 12 images in shards of 5, 5, 2
     return {"model": model, "run": run, "tmp": tmp, "folder": folder, "shards": shards}

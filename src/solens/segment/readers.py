@@ -50,11 +50,10 @@ class MaskedImages(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-@dataclass
-class SynthMasks:
-    """Scenes of the synthetic world with the exact mask of their primary object."""
+class _OverImages:
+    """Ids and length of the image set ``images`` a mask reader pairs masks with."""
 
-    images: SynthImages
+    images: FolderImages | ShardImages | SynthImages
 
     @property
     def ids(self) -> list[str]:
@@ -62,6 +61,13 @@ class SynthMasks:
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+@dataclass
+class SynthMasks(_OverImages):
+    """Scenes of the synthetic world with the exact mask of their primary object."""
+
+    images: SynthImages
 
     def image(self, index: int) -> Image.Image:
         return Image.fromarray(render_array(self.images.spec(index))[0], "RGB")
@@ -131,7 +137,7 @@ class MatMasks:
                 "fingerprint_of": "path, size, mtime"}
 
 
-class _MaskFiles:
+class _MaskFiles(_OverImages):
     """Images of an image set (``images``) with a mask image each (``_open_mask``)."""
 
     images: FolderImages | ShardImages
@@ -156,13 +162,6 @@ class _MaskFiles:
                         f"{self._mask_name(i)} is {m.size[0]}x{m.size[1]} pixels but its image "
                         f"{self.ids[i]} is {im.size[0]}x{im.size[1]}; masks must have their "
                         "image's size")
-
-    @property
-    def ids(self) -> list[str]:
-        return self.images.ids
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def image(self, index: int) -> Image.Image:
         return self.images.load(index)
