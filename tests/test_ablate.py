@@ -221,12 +221,12 @@ def test_imagenet_path_end_to_end(env) -> None:
     assert all(0.0 <= v <= 1.0 for r in res.layers for v in r.frac_significant)
 
 
-def test_resume_skips_finished_layers(env, monkeypatch) -> None:
+def resume_after_layer_1_lost(monkeypatch, run, eval_set, **kw):
+    """Delete ``ablate/layer-01.json`` (as if killed during layer 1), run ``ablate_run``
+    again and return (the layers it recomputed, its result)."""
     from solens.experiments import ablate as A
 
-    kw = dict(model=env["model"], k=4, pc_images=4, pc_neurons=3, progress=False)
-    first = A.ablate_run(env["run"], env["eval"], **kw)
-    (env["run"].path / "ablate" / "layer-01.json").unlink()  # as if killed during layer 1
+    (run.path / "ablate" / "layer-01.json").unlink()
     done: list[int] = []
     real = A.ablate_layer
 
@@ -235,7 +235,15 @@ def test_resume_skips_finished_layers(env, monkeypatch) -> None:
         return real(model, run, layer, *a, **k)
 
     monkeypatch.setattr(A, "ablate_layer", spy)
-    again = A.ablate_run(env["run"], env["eval"], **kw)
+    return done, A.ablate_run(run, eval_set, **kw)
+
+
+def test_resume_skips_finished_layers(env, monkeypatch) -> None:
+    from solens.experiments import ablate as A
+
+    kw = dict(model=env["model"], k=4, pc_images=4, pc_neurons=3, progress=False)
+    first = A.ablate_run(env["run"], env["eval"], **kw)
+    done, again = resume_after_layer_1_lost(monkeypatch, env["run"], env["eval"], **kw)
     assert done == [1]
     assert again.summary() == first.summary()
     with pytest.raises(InputError, match="other settings"):

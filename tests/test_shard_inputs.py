@@ -17,7 +17,7 @@ from PIL import Image
 from solens.errors import InputError
 from solens.store.shards import ShardImages, open_source
 from tests.helpers import run_cli
-from tests.test_ablate import SYNSETS, _folder, described_run
+from tests.test_ablate import SYNSETS, _folder, described_run, resume_after_layer_1_lost
 
 KW = {"k": 4, "pc_images": 4, "pc_neurons": 3, "progress": False}
 
@@ -117,16 +117,7 @@ def test_ablate_resumes_on_the_same_shards_and_refuses_changed_ones(env, monkeyp
     shutil.copytree(env["tmp"] / "shards", data)
     spec = f"{data}/shard-{{000000..000002}}.tar"
     first = A.ablate_run(run, spec, model=model, restart=True, **KW)
-    (run.path / "ablate" / "layer-01.json").unlink()  # as if killed during layer 1
-    done: list[int] = []
-    real = A.ablate_layer
-
-    def spy(model, run, layer, *a, **k):
-        done.append(layer)
-        return real(model, run, layer, *a, **k)
-
-    monkeypatch.setattr(A, "ablate_layer", spy)
-    again = A.ablate_run(run, spec, model=model, **KW)
+    done, again = resume_after_layer_1_lost(monkeypatch, run, spec, model=model, **KW)
     assert done == [1] and figures(again) == figures(first)
     # the same ids, one image of other contents (a new shard file): other settings
     other = _folder(tmp_path / "other", SYNSETS, seed=7)
