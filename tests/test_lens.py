@@ -209,3 +209,17 @@ def test_small_batches_stream_and_match_the_batched_product(convention: str) -> 
         part = LayerCoeffs(1, c.s[a:b], c.inv_sigma_post[a:b], c.offset[a:b],
                               c.embedding[a:b])  # fmt: skip
         assert rel(effects(part, u, convention), whole[a:b]) < 1e-12
+
+
+def test_effects_keep_the_autograd_graph_for_small_batches() -> None:
+    model = tiny_model()
+    x = images(1)
+    c = coefficients(model, model.trace(x, trace_names([1], model.info.n_layers)), 1)
+    u = directions(model, 1)
+    s = c.s.clone().requires_grad_(True)
+    c2 = type(c)(1, s, c.inv_sigma_post, c.raw_offset, c.embedding)
+    effects(c2, u).sum().backward()
+    assert s.grad is not None
+    # d(sum phi)/ds[b, n, p] = inv_sigma_post[b] * sum_d u[n, p, d]
+    want = c.inv_sigma_post[:, None, None] * u.sum(-1)[None]
+    assert rel(s.grad, want) < 1e-12

@@ -232,7 +232,8 @@ def stream_products(s: Tensor, u: Tensor, threads: int | None = None) -> Tensor:
 
 def _streams(s: Tensor, u: Tensor) -> bool:
     """Whether ``stream_products`` is the faster way to multiply ``s`` [N, B, P] by ``u``."""
-    plain = s.device.type == "cpu" and u.device.type == "cpu" and not u.requires_grad
+    cpu = s.device.type == "cpu" and u.device.type == "cpu"
+    plain = cpu and not (s.requires_grad or u.requires_grad)  # numpy would cut the graph
     return (
         plain
         and s.shape[1] <= STREAM_MAX_BATCH
