@@ -100,8 +100,9 @@ def register(app: typer.Typer) -> None:
         require_weights(model, pretrained, checkpoint, cli=True)  # no silent random weights
         from solens.store.distributed import Dist
 
-        dist = Dist.from_env(resolve_device(device))  # torchrun: one rank of several
-        dev = dist.device(resolve_device(device))
+        # torchrun: one rank of several (nccl on cuda:LOCAL_RANK, or gloo on CPU)
+        dist = Dist.from_env(resolve_device(device))
+        dev = dist.device
         m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu,
                        text=False)  # effects need no text: the vision tower only
         check_layers(m, layer_list)
