@@ -89,14 +89,21 @@ def _manifest(run: Path) -> dict:
                               "skipped", "static", "arrays", "layers", "dataset")}
 
 
+def effects_inputs(tmp: Path) -> tuple[Path, list[str]]:
+    """A random open_clip model in ``tmp/model`` and 23 images in 3 tar shards (one
+    undecodable) -> the model folder and the ``solens effects`` arguments but ``--out``
+    (2 layers, chunks of 4)."""
+    model = _model_dir(tmp / "model")
+    write_shards(tmp / "shards", per_shard=(7, 9, 7), corrupt=10)
+    return model, ["--model", f"local-dir:{model}", "--layers", "0", "1",
+                   "--images", f"{tmp}/shards/train-{{000..002}}.tar",
+                   "--chunk-size", "4", "--batch-size", "3", "--no-progress"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("dist")
-    model = _model_dir(tmp / "model")
-    write_shards(tmp / "shards", per_shard=(7, 9, 7), corrupt=10)
-    args = ["--model", f"local-dir:{model}", "--layers", "0", "1",
-            "--images", f"{tmp}/shards/train-{{000..002}}.tar",
-            "--chunk-size", "4", "--batch-size", "3", "--no-progress"]
+    model, args = effects_inputs(tmp)
     one = _effects([*args, "--out", str(tmp / "one")], 1)
     two = _effects([*args, "--out", str(tmp / "two")], 2)
     assert "22 images (1 skipped)" in one.stdout

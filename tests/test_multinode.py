@@ -34,8 +34,7 @@ from solens.store.distributed import (
     shared_problem,
 )
 from solens.store.run import MANIFEST
-from tests.test_distributed import SRC, _effects, _manifest, _model_dir, _shards
-from tests.test_shards import write_shards
+from tests.test_distributed import SRC, _effects, _manifest, _shards, effects_inputs
 
 
 # --- backend and device of a rank (no GPU needed) --------------------------------------------
@@ -257,11 +256,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("nodes")
-    model = _model_dir(tmp / "model")
-    write_shards(tmp / "shards", per_shard=(7, 9, 7), corrupt=10)
-    args = ["--model", f"local-dir:{model}", "--layers", "0", "1",
-            "--images", f"{tmp}/shards/train-{{000..002}}.tar",
-            "--chunk-size", "4", "--batch-size", "3", "--no-progress"]  # fmt: skip
+    model, args = effects_inputs(tmp)
     _effects([*args, "--out", str(tmp / "one")], 1)
     return {"tmp": tmp, "model": model, "args": args, "one": tmp / "one"}
 

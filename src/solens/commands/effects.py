@@ -83,8 +83,9 @@ def register(app: typer.Typer) -> None:
 
         Distributed: torchrun --nproc-per-node 4 -m solens effects ... splits the chunks
         across the processes (one GPU each, or CPU processes with gloo; several nodes through
-        torchrun's rendezvous, with the run folder on a shared file system); the run folder
-        is the same as a one-process run's (docs/performance.md).
+        torchrun's rendezvous, with the run folder on a file system all nodes share: checked
+        at the start); the run folder is the same as a one-process run's. A rank waits at
+        most SOLENS_DIST_TIMEOUT_S seconds (default 3600) for the others (docs/performance.md).
         """
         from solens.models.catalog import check_model_name
 
