@@ -62,6 +62,7 @@ def test_placement(device, gpus, local, local_world, backend, on, comm) -> None:
         ("cuda", 2, 2, 4, "LOCAL_RANK 2 has no GPU of its own: this node has 2; start at most 2"),
         ("cuda:1", 4, 0, 2, "2 processes per node: they would all use GPU 1; pass --device cuda"),
         ("cuda:5", 2, 0, 1, "this node has 2 GPUs"),
+        ("cuda:x", 2, 0, 1, "expected cuda or cuda:INDEX"),
     ],
 )
 def test_placement_refuses(device, gpus, local, local_world, message) -> None:

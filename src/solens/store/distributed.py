@@ -108,7 +108,10 @@ def placement(device: str, cuda_devices: int, local_rank: int, local_world: int 
                 "(torchrun --nproc-per-node)"
             )
         return Placement("nccl", f"cuda:{local_rank}")
-    index = int(device.partition(":")[2] or 0)
+    text = device.partition(":")[2]
+    if not text.isdigit():
+        raise InputError(f"--device {device}: expected cuda or cuda:INDEX")
+    index = int(text)
     if local_world > 1:
         raise InputError(
             f"--device {device} with {local_world} processes per node: they would all use "
@@ -452,7 +455,7 @@ def open_writer(
     def create() -> str | None:
         w = SummaryWriter.open(path, identity, images, extra, verify=verify)
         opened.append(w)
-        return mark_shared(w.path) if dist.active else None
+        return w._write(partial(mark_shared, w.path)) if dist.active else None
 
     try:
         token = dist.from_main(create)
