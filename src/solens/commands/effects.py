@@ -84,8 +84,9 @@ def register(app: typer.Typer) -> None:
 
         Distributed: torchrun --nproc-per-node 4 -m solens effects ... splits the chunks
         across the processes (one GPU each, or CPU processes with gloo; several nodes through
-        torchrun's rendezvous, with the run folder on a shared file system); the run folder
-        is the same as a one-process run's (docs/performance.md).
+        torchrun's rendezvous, with the run folder on a file system all nodes share: checked
+        at the start); the run folder is the same as a one-process run's. A rank waits at
+        most SOLENS_DIST_TIMEOUT_S seconds (default 3600) for the others (docs/performance.md).
         """
         from solens.models.catalog import check_model_name
 
@@ -101,8 +102,9 @@ def register(app: typer.Typer) -> None:
         require_weights(model, pretrained, checkpoint, cli=True)  # no silent random weights
         from solens.store.distributed import Dist
 
-        dist = Dist.from_env(resolve_device(device))  # torchrun: one rank of several
-        dev = dist.device(resolve_device(device))
+        # torchrun: one rank of several (nccl on cuda:LOCAL_RANK, or gloo on CPU)
+        dist = Dist.from_env(resolve_device(device))
+        dev = dist.device
         m = load_model(model, pretrained, checkpoint=checkpoint, device=dev, quick_gelu=quick_gelu,
                        text=False)  # effects need no text: the vision tower only
         check_layers(m, layer_list)

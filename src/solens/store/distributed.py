@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,7 +43,12 @@ import torch
 
 from solens import __version__
 from solens.errors import InputError, RunMismatchError, SolensError
-from solens.store.arrays import save_json_atomic, save_npy_atomic, write_atomic
+from solens.store.arrays import (
+    save_json_atomic,
+    save_npy_atomic,
+    save_text_atomic,
+    write_atomic,
+)
 from solens.store.protocol import ChunkRecord, ImagesRecord, SkippedRecord
 from solens.store.run import LOCK, RunWriter, chunk_file, layer_dir, now, read_manifest
 
@@ -54,14 +61,97 @@ SUMMARY_K = 16
 
 
 # --- process group ---------------------------------------------------------------------------
+TIMEOUT_ENV = "SOLENS_DIST_TIMEOUT_S"
+TIMEOUT_S = 3600.0
+"""How long a rank waits in a collective (for rank 0 hashing the images, for the slowest
+rank's last chunk) before it stops; ``SOLENS_DIST_TIMEOUT_S`` overrides it."""
+SHARED_WAIT_ENV = "SOLENS_SHARED_WAIT_S"
+SHARED_WAIT_S = 60.0
+"""How long a rank waits to see the file rank 0 wrote into the run folder (network file
+systems may cache a directory's listing for up to a minute); ``SOLENS_SHARED_WAIT_S``."""
+SHARED = ".shared-"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one rank of a multi-process run computes (``device``) and which backend its
+    process group uses (``nccl``: CUDA tensors; ``gloo``: CPU tensors)."""
+
+    backend: str
+    device: str
+
+    @property
+    def comm_device(self) -> str:
+        """The device of the tensors the collectives send: the rank's GPU for ``nccl``,
+        ``cpu`` for ``gloo``."""
+        return self.device if self.backend == "nccl" else "cpu"
+
+
+def placement(device: str, cuda_devices: int, local_rank: int, local_world: int = 1) -> Placement:
+    """The backend and device of the process ``local_rank`` (of ``local_world`` on its
+    node, torchrun's ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``) on a node with
+    ``cuda_devices`` GPUs, for ``--device device``: ``cuda`` (or ``auto`` with a GPU) ->
+    ``nccl`` on ``cuda:LOCAL_RANK``; ``cuda:K`` -> ``nccl`` on GPU ``K`` (one process per
+    node only); ``cpu`` (or ``auto`` without a GPU) and other devices -> ``gloo``.
+    ``InputError`` when the GPU is missing or shared by two processes."""
+    if device == "auto":
+        device = "cuda" if cuda_devices > 0 else "cpu"
+    if not device.startswith("cuda"):
+        return Placement("gloo", device)
+    if cuda_devices < 1:
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    if device == "cuda":
+        if local_rank >= cuda_devices:
+            raise InputError(
+                f"the process with LOCAL_RANK {local_rank} has no GPU of its own: this node "
+                f"has {cuda_devices}; start at most {cuda_devices} processes per node "
+                "(torchrun --nproc-per-node)"
+            )
+        return Placement("nccl", f"cuda:{local_rank}")
+    text = device.partition(":")[2]
+    if not text.isdigit():
+        raise InputError(f"--device {device}: expected cuda or cuda:INDEX")
+    index = int(text)
+    if local_world > 1:
+        raise InputError(
+            f"--device {device} with {local_world} processes per node: they would all use "
+            f"GPU {index}; pass --device cuda (each process uses cuda:LOCAL_RANK)"
+        )
+    if index >= cuda_devices:
+        raise InputError(f"--device {device}: this node has {cuda_devices} GPUs")
+    return Placement("nccl", f"cuda:{index}")
+
+
+def env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """The positive number of seconds in ``env[name]`` (``default`` when unset)."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InputError(f"{name}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def _cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in a run: ``rank`` of ``world`` processes (``local_rank`` on
-    its node). ``Dist()`` is a one-process run."""
+    """This process's place in a run: ``rank`` of ``world`` processes (the global rank:
+    it deals the chunks and names the part file), ``local_rank`` on its node (it picks
+    the GPU), the process group's ``backend`` and this rank's ``device``. ``Dist()`` is a
+    one-process run."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    backend: str = "gloo"
+    device: str = "cpu"
 
     @property
     def is_main(self) -> bool:
@@ -72,55 +162,62 @@ class Dist:
         """True when a process group of more than one process is joined."""
         return self.world > 1 and torch.distributed.is_initialized()
 
+    @property
+    def comm_device(self) -> str:
+        """The device of the tensors sent through the collectives (``Placement``)."""
+        return Placement(self.backend, self.device).comm_device
+
     @classmethod
-    def from_env(cls, device: str = "cpu", timeout_s: float = 3600.0) -> Dist:
-        """The torchrun environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); joins the
-        process group when there are several processes (``gloo`` for CPU devices,
-        ``nccl`` for CUDA). Without those variables: one process."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-        if world > 1 and not torch.distributed.is_initialized():
-            cuda = str(device).startswith("cuda")
-            if cuda:
-                torch.cuda.set_device(local)
-            torch.distributed.init_process_group(
-                "nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s)
-            )
-        return cls(rank, world, local)
+    def from_env(cls, device: str = "cpu", env: Mapping[str, str] | None = None) -> Dist:
+        """The torchrun environment (``WORLD_SIZE``, global ``RANK``, ``LOCAL_RANK``,
+        ``LOCAL_WORLD_SIZE``; ``env`` defaults to ``os.environ``). With several processes it
+        joins the process group (``placement``: ``nccl`` with this rank's GPU bound, or
+        ``gloo``), whose collectives time out after ``SOLENS_DIST_TIMEOUT_S`` seconds (default
+        ``TIMEOUT_S``). Without those variables: one process on ``device``."""
+        env = os.environ if env is None else env
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+        if world <= 1:
+            return cls(rank, world, local, "gloo", device)
+        timeout = env_seconds(env, TIMEOUT_ENV, TIMEOUT_S)
+        p = placement(device, _cuda_devices(), local, int(env.get("LOCAL_WORLD_SIZE", "1")))
+        if not torch.distributed.is_initialized():
+            if p.backend == "nccl":
+                gpu = torch.device(p.device)
+                torch.cuda.set_device(gpu)  # object collectives use the current device
+                torch.distributed.init_process_group(  # barrier() uses the bound device
+                    p.backend, timeout=timedelta(seconds=timeout), device_id=gpu
+                )
+            else:
+                torch.distributed.init_process_group(p.backend, timeout=timedelta(seconds=timeout))
+        return cls(rank, world, local, p.backend, p.device)
 
     def close(self) -> None:
         """Leave the process group (joined by ``from_env``)."""
         if self.active:
             torch.distributed.destroy_process_group()
 
-    def device(self, device: str) -> str:
-        """This rank's device: ``cuda`` -> ``cuda:LOCAL_RANK`` in a multi-process run."""
-        if self.world > 1 and device == "cuda":
-            return f"cuda:{self.local_rank}"
-        return device
-
     def barrier(self) -> None:
         if self.active:
-            torch.distributed.barrier()
-
-    def agree(self, error: str | None) -> None:
-        """Every rank learns whether rank 0 failed (``error``) and stops with it, instead
-        of waiting for it at the next barrier."""
-        if not self.active:
-            return
-        box: list[str | None] = [error]
-        torch.distributed.broadcast_object_list(box, src=0)
-        if box[0] is not None and not self.is_main:
-            raise SolensError(f"rank 0 failed: {box[0]}")
+            _collective(torch.distributed.barrier)
 
     def broadcast(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (every rank calls it; one process: ``obj``)."""
         if not self.active:
             return obj
         box: list[Any] = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
+        _collective(partial(torch.distributed.broadcast_object_list, box, src=0,
+                            device=torch.device(self.comm_device)))  # fmt: skip
         return cast(T, box[0])
+
+    def gather(self, obj: T) -> list[T]:
+        """Every rank's ``obj``, in rank order, on every rank (one process: ``[obj]``)."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        _collective(partial(torch.distributed.all_gather_object, out, obj))
+        return cast(list[T], out)
 
     def from_main(self, compute: Callable[[], T]) -> T:
         """``compute()`` run on rank 0 only, its result given to every rank; when it raises,
@@ -143,8 +240,46 @@ class Dist:
         return list(items)[self.rank :: self.world]
 
 
+def _collective(call: Callable[[], Any]) -> Any:
+    """``call()``; a rank that died (its peers' collectives fail: gloo closes the
+    connection, or the timeout passes) becomes one ``SolensError`` line."""
+    try:
+        return call()
+    except RuntimeError as e:
+        first = " ".join(str(e).strip().splitlines()[:1]) or type(e).__name__
+        raise SolensError(
+            f"another process of this distributed run stopped ({first[:300]}); its log "
+            "names the cause; the finished chunks are kept: start the same command again to "
+            "resume"
+        ) from e
+
+
 def _error_text(e: BaseException) -> str:
     return str(e) if isinstance(e, SolensError) else f"{type(e).__name__}: {e}"
+
+
+def mark_shared(path: Path) -> str:
+    """Rank 0: write a new token file ``RUN/.shared-XXXX`` into the run folder; returns its
+    name (the other ranks look for it: ``shared_problem``)."""
+    name = f"{SHARED}{os.urandom(8).hex()}"
+    save_text_atomic(path / name, f"{platform.node()}\n")
+    return name
+
+
+def shared_problem(path: Path, token: str, rank: int, wait_s: float = SHARED_WAIT_S) -> str | None:
+    """None when this rank sees rank 0's token file ``path / token`` (waiting up to
+    ``wait_s`` seconds, re-listing the folder: network file systems cache listings); else
+    the reason, naming this rank and host."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with contextlib.suppress(OSError):
+            os.listdir(path.parent)  # revalidates a cached listing (NFS)
+            os.listdir(path)
+            if (path / token).is_file():
+                return None
+        if time.monotonic() >= deadline:
+            return f"rank {rank} on {platform.node()}"
+        time.sleep(min(0.2, wait_s))
 
 
 # --- writers ---------------------------------------------------------------------------------
@@ -306,19 +441,45 @@ def open_writer(
     """Rank 0: create or resume the run (``RunWriter.open``: it alone takes the run's lock;
     on resume it first merges the finished chunks of an earlier distributed invocation,
     then checks every listed chunk, those included, as ``verify`` says); the other ranks
-    then join it (``RankWriter.join``: no lock of their own)."""
-    writer: RunWriter | None = None
+    then join it (``RankWriter.join``: no lock of their own).
+
+    With several processes rank 0 then writes a token file into the run folder, and
+    every other rank must see it (``shared_problem``, within ``SOLENS_SHARED_WAIT_S``
+    seconds): else every rank stops with an ``InputError`` saying that the run folder
+    must be on a file system all nodes share."""
+    path = Path(path)
+    wait_s = env_seconds(os.environ, SHARED_WAIT_ENV, SHARED_WAIT_S)
+    opened: list[RunWriter] = []
+    token: str | None = None
+
+    def create() -> str | None:
+        w = SummaryWriter.open(path, identity, images, extra, verify=verify)
+        opened.append(w)
+        return w._write(partial(mark_shared, w.path)) if dist.active else None
+
+    try:
+        token = dist.from_main(create)
+        problem = (None if dist.is_main or token is None
+                   else shared_problem(path, token, dist.rank, wait_s))  # fmt: skip
+        problems = [p for p in dist.gather(problem) if p is not None]
+        if problems:
+            host = f"rank 0 on {dist.broadcast(platform.node())}"
+            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise InputError(
+                f"the run folder {path} is not on a file system all processes share: "
+                f"{', '.join(problems[:3])}{more} cannot see the file {host} wrote into "
+                "it; put --out on a file system all nodes share (the same path on every node)"
+            )
+    except BaseException:
+        for w in opened:
+            w.close()
+        raise
+    finally:
+        if opened and token is not None:
+            with contextlib.suppress(OSError):
+                (path / token).unlink()
     if dist.is_main:
-        try:
-            writer = SummaryWriter.open(path, identity, images, extra, verify=verify)
-        except Exception as e:
-            dist.agree(_error_text(e))
-            raise
-        dist.agree(None)
-        dist.barrier()
-        return writer
-    dist.agree(None)
-    dist.barrier()
+        return opened[0]
     return RankWriter.join(path, identity, dist.rank)
 
 
