@@ -196,16 +196,16 @@ def test_streamed_products_equal_bmm(
 
 @pytest.mark.parametrize("convention", ["exact", "official"])
 def test_small_batches_stream_and_match_the_batched_product(convention: str) -> None:
-    """One or two images take the streaming path, three or more bmm: same effects."""
+    """Up to three images take the streaming path, four bmm: same effects."""
     from solens.lens.second_order import LayerCoeffs, _streams
 
     model = tiny_model()
-    x = images(4)
+    x = images(5)
     u = directions(model, 1, convention)
     c = coefficients(model, model.trace(x, trace_names([1], model.info.n_layers)), 1)
-    assert _streams(c.s[:2].transpose(0, 1), u) and not _streams(c.s.transpose(0, 1), u)
+    assert _streams(c.s[:3].transpose(0, 1), u) and not _streams(c.s[:4].transpose(0, 1), u)
     whole = effects(c, u, convention)  # bmm
-    for a, b in [(0, 1), (1, 3), (3, 4)]:
+    for a, b in [(0, 1), (1, 4), (4, 5)]:
         part = LayerCoeffs(1, c.s[a:b], c.inv_sigma_post[a:b], c.offset[a:b],
                               c.embedding[a:b])  # fmt: skip
         assert rel(effects(part, u, convention), whole[a:b]) < 1e-12

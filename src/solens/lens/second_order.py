@@ -197,12 +197,13 @@ def directions(
     return torch.cat(out, dim=1)
 
 
-STREAM_MAX_BATCH = 2
+STREAM_MAX_BATCH = 3
 """Batches of at most this many images are materialised on CPU by ``stream_products``
 (numpy's einsum loops: one pass over ``u`` per image, at memory bandwidth) instead of
 ``torch.bmm``, whose per-neuron [B, P] @ [P, d] calls reach a third of the bandwidth for
-one image: 37 ms against 83 ms for ViT-B/32 block 0's ``u`` (830 MB) on one core; bmm
-wins from 3-4 images on (benchmarks/performance.py, docs/performance.md section 3)."""
+one image. ViT-B/32 block 0's ``u`` (830 MB) on one core: 37-44 ms against 83-90 ms for
+one image, 80-93 ms against 111-122 ms for three; about equal at four, bmm ahead from
+eight on (docs/performance.md section 3)."""
 
 
 def stream_products(s: Tensor, u: Tensor, threads: int | None = None) -> Tensor:
