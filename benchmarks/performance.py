@@ -139,10 +139,19 @@ def _interleaved(fns: list[Callable[[], Any]], device: str, n: int, min_s: float
 
 
 def _flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of ``fn`` by torch's counter, with small batches' products kept in torch
+    (their numpy streaming path, ``STREAM_MAX_BATCH``, does the same arithmetic unseen)."""
+    import importlib
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
-        fn()
+    so = importlib.import_module("solens.lens.second_order")  # the module, not the function
+    saved, so.STREAM_MAX_BATCH = so.STREAM_MAX_BATCH, 0
+    try:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+    finally:
+        so.STREAM_MAX_BATCH = saved
     return int(fc.get_total_flops())
 
 

@@ -27,7 +27,11 @@ def perf():
 
 @pytest.mark.parametrize("layer", [0, 2])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_lens_flops_equal_torch_counter(perf, layer: int, batch: int) -> None:
+def test_lens_flops_equal_torch_counter(perf, layer: int, batch: int, monkeypatch) -> None:
+    import importlib
+
+    # the counter sees torch ops only: keep small batches off the numpy streaming path
+    monkeypatch.setattr(importlib.import_module("solens.lens.second_order"), "STREAM_MAX_BATCH", 0)
     model = tiny_model(dtype=torch.float32)
     i = model.info
     x = images(batch, dtype=torch.float32)

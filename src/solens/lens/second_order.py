@@ -273,7 +273,7 @@ def norms(coeffs: LayerCoeffs, gram: Tensor) -> Tensor:
     ``gram`` = u u^T [N, P, P] -> [B, N]."""
     s = coeffs.s.transpose(0, 1)  # [N, B, P]
     sg = stream_products(s, gram) if _streams(s, gram) else torch.bmm(s, gram)  # [N, B, P]
-    q = (sg * s).sum(-1).T  # [B, N]
+    q = torch.einsum("nbp,nbp->bn", sg, s)
     return q.clamp_min(0).sqrt() * coeffs.inv_sigma_post[:, None]
 
 
