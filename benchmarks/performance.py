@@ -19,6 +19,12 @@ For ViT-B-32 and ViT-L-14 shapes with random weights, per source layer and batch
   memory bandwidth;
 - peak memory (RSS; on CUDA also the allocator's peak).
 
+The timings of a row run interleaved, one call of each per round. Times are the best
+round of each; the ratios (``effects_over_forward``, ``api_second_over_trace``, the
+floor) are medians over rounds of the ratio within a round (``paired_ratio``), which a
+shared machine's slow spells disturb much less than a ratio of two best times (kept as
+``*_best``).
+
 Each (shape, layer) runs in its own process so that its peak memory is its own. With a
 CUDA device, ``--precision`` also runs the bf16 and fp16 paths and checks them against
 fp32 (relative error of the effects and norms). ``--load`` measures the RSS of
@@ -37,6 +43,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,17 +122,20 @@ def _timed(fn: Callable[[], Any], device: str, n: int) -> float:
 
 
 def _interleaved(fns: list[Callable[[], Any]], device: str, n: int, min_s: float,
-                 warm: bool = False) -> list[float]:
+                 warm: bool = False, rounds_out: list[list[float]] | None = None
+                 ) -> list[float]:
     """Best time of each of ``fns``, run in rounds (one call of each per round) so that
     they see the same load: at least ``n`` rounds, more until the rounds add up to
     ``min_s`` seconds (at most 50); ``warm``: one untimed round first. On a shared machine
-    the least disturbed run is the closest to the cost itself."""
+    the least disturbed run is the closest to the cost itself. ``rounds_out`` receives
+    each round's times (for ratios of calls that ran side by side: ``paired_ratio``)."""
     if warm:
         for fn in fns:
             fn()
         _sync(device)
     best = [float("inf")] * len(fns)
     total, rounds = 0.0, 0
+    times: list[float] = []
     while rounds < n or (total < min_s and rounds < 50):
         for j, fn in enumerate(fns):
             t0 = time.perf_counter()
@@ -134,8 +144,19 @@ def _interleaved(fns: list[Callable[[], Any]], device: str, n: int, min_s: float
             dt = time.perf_counter() - t0
             best[j] = min(best[j], dt)
             total += dt
+            times.append(dt)
+        if rounds_out is not None:
+            rounds_out.append(times)
+        times = []
         rounds += 1
     return best
+
+
+def paired_ratio(rounds: list[list[float]], a: int, b: int) -> float:
+    """Median over rounds of ``time[a] / time[b]``: the two calls of a round ran next to
+    each other, so a slow spell of a shared machine (other jobs, CPU steal) affects both;
+    the ratio of two separate best times can pair a lucky window with an unlucky one."""
+    return statistics.median(r[a] / r[b] for r in rounds)
 
 
 def _flops(fn: Callable[[], Any]) -> int:
@@ -228,11 +249,12 @@ def measure(model: Any, layer: int, batches: list[int], device: str, repeats: in
         _sync(device)
         api_first = time.perf_counter() - t0
         u = cached_directions(model, layer)  # what the API's second call reads
+        rounds: list[list[float]] = []
         fwd, trace, eff, api_second, u_read = _interleaved(
             [lambda x=x: model.encode_image(x), lambda x=x: model.trace(x, names),
              lambda x=x: step(x), lambda x=x: solens.second_order(model, x, layer),
              lambda u=u: u.sum()],
-            device, repeats, min_s)  # fmt: skip
+            device, repeats, min_s, rounds_out=rounds)  # fmt: skip
         del u
         clear_directions_cache()
         if not flops1:  # FLOPs are linear in the batch: counted once, on one image
@@ -252,10 +274,14 @@ def measure(model: Any, layer: int, batches: list[int], device: str, repeats: in
             "forward_s": fwd, "trace_s": trace, "effects_s": eff,
             "api_first_s": api_first, "api_second_s": api_second,
             "effects_images_per_s": B / eff, "forward_images_per_s": B / fwd,
-            "effects_over_forward": eff / fwd, "api_second_over_trace": api_second / trace,
-            "api_second_over_forward": api_second / fwd,
+            "effects_over_forward": paired_ratio(rounds, 2, 0),
+            "api_second_over_trace": paired_ratio(rounds, 3, 1),
+            "api_second_over_forward": paired_ratio(rounds, 3, 0),
+            "effects_over_forward_best": eff / fwd,
+            "api_second_over_trace_best": api_second / trace,
+            "rounds": len(rounds),
             "u_bytes": u_bytes, "u_read_s": u_read,
-            "api_floor_over_trace": (trace + u_read) / trace,
+            "api_floor_over_trace": statistics.median((r[1] + r[4]) / r[1] for r in rounds),
             "directions_s": directions_s,
             "gflop_forward_per_image": f_fwd / B / 1e9,
             "gflop_lens_per_image_counted": (f_eff - f_trace) / B / 1e9,
