@@ -49,8 +49,9 @@ def pipeline_dir(tmp_path_factory):
         bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16, intermediate_size=32,
         num_attention_heads=2, num_hidden_layers=1, vocab_size=len(vocab),
         max_position_embeddings=77))
+    sched = DDIMScheduler(clip_sample=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
-                                   scheduler=DDIMScheduler(clip_sample=False), safety_checker=None,
+                                   scheduler=sched, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(tmp / "pipe")
     return tmp / "pipe"
