@@ -23,8 +23,10 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -210,8 +212,6 @@ def stream_products(s: Tensor, u: Tensor, threads: int | None = None) -> Tensor:
     """``out[n] = s[n] @ u[n]``: [N, B, P] x [N, P, d] -> [N, B, d] (CPU, float32 or
     float64), one streaming pass over ``u`` per image, the neurons split across ``threads``
     (torch's intra-op thread count when None; numpy's einsum releases the GIL)."""
-    import numpy as np
-
     sn, un = s.contiguous().numpy(), u.numpy()
     out = np.empty((s.shape[0], s.shape[1], u.shape[2]), dtype=un.dtype)
     k = max(1, min(threads or torch.get_num_threads(), s.shape[0]))
@@ -224,8 +224,6 @@ def stream_products(s: Tensor, u: Tensor, threads: int | None = None) -> Tensor:
     if k == 1:
         part(bounds[0])
     else:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(k) as pool:
             list(pool.map(part, bounds))
     return torch.from_numpy(out)
@@ -250,22 +248,24 @@ def effects(coeffs: LayerCoeffs, u: Tensor, convention: str = "exact") -> Tensor
 
     One batched product per neuron ([B, P] @ [P, d]) with the per-image scales folded into
     ``s`` (and the official offset added by the same call): the result is a [B, N, d] view
-    of an [N, B, d] tensor (``.contiguous()`` copies it). One or two images on CPU go
-    through ``stream_products`` instead (``STREAM_MAX_BATCH``)."""
+    of an [N, B, d] tensor (``.contiguous()`` copies it). Up to ``STREAM_MAX_BATCH``
+    images on CPU go through ``stream_products`` instead, the offset added after it."""
     check_convention(convention)
     scale = coeffs.inv_sigma_post
+    bias = None
     if convention == "official":
         scale = scale * coeffs.official_scale
+        bias = (coeffs.offset * coeffs.official_scale[:, None]).unsqueeze(0)  # [1, B, d]
     s = (coeffs.s * scale[:, None, None]).transpose(0, 1)  # [N, B, P]
     if _streams(s, u):
         out = stream_products(s, u)
-        if convention == "official":
-            out += (coeffs.offset * coeffs.official_scale[:, None]).unsqueeze(0)
-        return out.transpose(0, 1)
-    if convention == "official":
-        bias = coeffs.offset * coeffs.official_scale[:, None]  # [B, d]
-        return torch.baddbmm(bias.unsqueeze(0), s, u).transpose(0, 1)
-    return torch.bmm(s, u).transpose(0, 1)
+        if bias is not None:
+            out += bias
+    elif bias is not None:
+        out = torch.baddbmm(bias, s, u)
+    else:
+        out = torch.bmm(s, u)
+    return out.transpose(0, 1)
 
 
 def norms(coeffs: LayerCoeffs, gram: Tensor) -> Tensor:
